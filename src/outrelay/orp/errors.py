@@ -1,0 +1,43 @@
+"""ORP errors, shared by the compiled and the pure codec and FSM."""
+
+from outrelay.errors import OutRelayError
+
+
+class OrpError(OutRelayError):
+    """Base class of every ORP codec and state-machine error."""
+
+
+class InvalidVersion(OrpError):
+    """A header carries a protocol version this implementation does not speak."""
+
+
+class InvalidType(OrpError):
+    """A frame type does not fit the 11-bit type field."""
+
+
+class PayloadTooLarge(OrpError):
+    """A payload (or a header's declared length) exceeds MAX_PAYLOAD."""
+
+
+class InvalidFlags(OrpError):
+    """Flags do not fit the 16-bit flags field."""
+
+
+class ShortHeader(OrpError):
+    """Fewer than HEADER_SIZE bytes were given where a whole header is needed."""
+
+
+class TruncatedFrame(OrpError):
+    """The byte stream ended inside a frame (header or payload cut off)."""
+
+
+class TypeMismatch(OrpError):
+    """A frame's type is not the one the caller expected."""
+
+
+class MessageError(OrpError):
+    """A payload could not be encoded to or decoded from its protobuf message."""
+
+
+class InvalidTransition(OrpError):
+    """An event is not legal in the stream's current state (state unchanged)."""
