@@ -1,0 +1,3 @@
+from outrelay.cli import main
+
+main()
