@@ -1,0 +1,82 @@
+"""Run the micro-benchmarks and print compiled-vs-pure speedups.
+
+Usage: ``python bench/run.py [pytest args]`` (``make bench``). Runs
+pytest-benchmark over ``bench/bench_*.py``, both implementations in the same
+run, then prints one row per group: median time per call for each twin and
+the ratio pure/compiled, against the target where one is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#: group -> minimal compiled/pure speedup the project promises.
+TARGETS: dict[str, float] = {
+    "header-encode": 10.0,
+    "header-decode": 10.0,
+    "decode-small-frames": 10.0,
+    "ring-write-discard": 2.0,
+    "ring-bytes-from": 2.0,
+}
+
+
+def main(argv: list[str]) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [
+            sys.executable, "-m", "pytest", "-c", str(HERE / "pytest.ini"), str(HERE),
+            "-q", "--benchmark-only", "--benchmark-disable-gc",
+            "--benchmark-columns=median,ops,rounds", "--benchmark-sort=name",
+            f"--benchmark-json={out}", *argv,
+        ]
+        env = dict(os.environ, OUTRELAY_REQUIRE_EXTENSIONS="1")
+        env.pop("OUTRELAY_NO_EXTENSIONS", None)
+        rc = subprocess.call(cmd, env=env, stdout=subprocess.DEVNULL)
+        if rc != 0 or not out.exists():
+            print(f"benchmarks failed (pytest exit {rc}); rerun: {' '.join(cmd)}", file=sys.stderr)
+            return rc or 1
+        data = json.loads(out.read_text())
+    rows: dict[str, dict[str, float]] = {}
+    for b in data["benchmarks"]:
+        impl = b["params"].get("impl") if b.get("params") else None
+        if impl is None:
+            impl = "compiled" if "[compiled" in b["name"] else "pure"
+        rows.setdefault(b["group"] or b["name"], {})[impl] = b["stats"]["median"]
+    return print_table(rows)
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> int:
+    header = f"{'benchmark':<28} {'compiled':>12} {'pure':>12} {'speedup':>9} {'target':>8}  ok"
+    print(header)
+    print("-" * len(header))
+    missed = 0
+    for group in sorted(rows):
+        c, p = rows[group].get("compiled"), rows[group].get("pure")
+        if c is None or p is None:
+            continue
+        ratio = p / c
+        target = TARGETS.get(group)
+        ok = "" if target is None else ("yes" if ratio >= target else "NO")
+        missed += ok == "NO"
+        tgt = f">={target:g}x" if target else "-"
+        print(f"{group:<28} {_fmt(c):>12} {_fmt(p):>12} {ratio:>8.1f}x {tgt:>8}  {ok}")
+    print("(median time per call; speedup = pure / compiled, measured in this run)")
+    return 0
+
+
+def _fmt(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            return f"{seconds / scale:.2f} {unit}"
+    return f"{seconds / 1e-9:.2f} ns"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
