@@ -12,6 +12,7 @@ are one line on stderr, never a traceback for a user mistake.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any, NoReturn
 
 import click

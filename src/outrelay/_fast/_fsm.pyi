@@ -1,0 +1,13 @@
+"""Type stub of the compiled stream FSM (twin of outrelay.orp._fsm_py)."""
+
+from typing import SupportsIndex
+
+from outrelay.orp.types import StreamState
+
+class StreamFSM:
+    def __init__(self) -> None: ...
+    @property
+    def state(self) -> StreamState: ...
+    @property
+    def closed(self) -> bool: ...
+    def apply(self, event: SupportsIndex) -> StreamState: ...
