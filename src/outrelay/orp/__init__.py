@@ -67,4 +67,5 @@ __all__ = [
     "decode_message",
     "encode_frame",
     "encode_header",
+    "encode_message",
 ]

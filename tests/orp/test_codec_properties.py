@@ -1,0 +1,174 @@
+"""Property tests: the compiled and pure codec twins agree on every input."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from outrelay.orp.types import HEADER_SIZE, MAX_TYPE
+
+pytestmark = pytest.mark.dataplane
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+PURE = importlib.import_module("outrelay.orp._codec_py")
+
+
+@pytest.fixture(scope="module")
+def compiled() -> ModuleType:
+    try:
+        return importlib.import_module("outrelay._fast._codec")
+    except ImportError:
+        if os.environ.get("OUTRELAY_REQUIRE_EXTENSIONS"):
+            raise
+        pytest.skip("compiled codec not built")
+
+
+frames_st = st.lists(
+    st.tuples(
+        st.integers(0, MAX_TYPE),
+        st.binary(max_size=300),
+        st.integers(0, 0xFFFF),
+    ),
+    max_size=20,
+)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def run(codec: ModuleType, chunks: list[bytes], kinds: list[int]) -> list[object]:
+    """Feed ``chunks`` (as bytes / bytearray / memoryview) and record everything."""
+    decoder = codec.FrameDecoder()
+    log: list[object] = []
+    for i, chunk in enumerate(chunks):
+        kind = kinds[i % len(kinds)] if kinds else 0
+        data = (chunk, bytearray(chunk), memoryview(chunk))[kind]
+        try:
+            frames = decoder.feed(data)
+        except Exception as exc:  # noqa: BLE001 - compared between twins
+            log.append(("error", type(exc), str(exc), decoder.pending))
+            continue
+        log.append([(f.type, f.payload, f.flags, f.version) for f in frames])
+        log.append(decoder.pending)
+    try:
+        log.append(("close", decoder.close()))
+    except Exception as exc:  # noqa: BLE001
+        log.append(("close-error", type(exc), str(exc)))
+    return log
+
+
+kinds_st = st.lists(st.integers(0, 2), max_size=5)
+cuts_st = st.lists(st.integers(0, 10_000), max_size=30)
+
+
+@SETTINGS
+@given(frames=frames_st, cuts=cuts_st, kinds=kinds_st)
+def test_split_stream_round_trips(
+    compiled: ModuleType, frames: list[tuple[int, bytes, int]], cuts: list[int], kinds: list[int]
+) -> None:
+    wire = b"".join(PURE.encode_frame(*f) for f in frames)
+    assert wire == b"".join(compiled.encode_frame(*f) for f in frames)
+    chunks = split(wire, cuts)
+    expected = [(t, p, fl, 1) for t, p, fl in frames]
+    for codec in (compiled, PURE):
+        log = run(codec, chunks, kinds)
+        decoded = [f for entry in log if isinstance(entry, list) for f in entry]
+        assert decoded == expected
+        assert log[-1] == ("close", None)
+    assert run(compiled, chunks, kinds) == run(PURE, chunks, kinds)
+
+
+def header_st() -> st.SearchStrategy[bytes]:
+    """Headers that are often valid and sometimes not (version, huge length)."""
+    return st.builds(
+        lambda version, reserved, ftype, flags, length, payload: (
+            ((version << 13) | (reserved << 11) | ftype).to_bytes(2, "big")
+            + flags.to_bytes(2, "big")
+            + length.to_bytes(4, "big")
+            + payload[:length]
+        ),
+        st.sampled_from([1, 1, 1, 1, 1, 1, 0, 2, 7]),
+        st.integers(0, 3),
+        st.integers(0, MAX_TYPE),
+        st.integers(0, 0xFFFF),
+        st.one_of(st.integers(0, 40), st.sampled_from([2**24, 2**24 + 1, 2**32 - 1])),
+        st.binary(max_size=40),
+    )
+
+
+raw_st = st.one_of(
+    st.binary(max_size=400),
+    st.lists(st.one_of(header_st(), st.binary(max_size=12)), max_size=12).map(b"".join),
+)
+
+
+@SETTINGS
+@given(data=raw_st, cuts=cuts_st, kinds=kinds_st)
+def test_random_streams_agree(
+    compiled: ModuleType, data: bytes, cuts: list[int], kinds: list[int]
+) -> None:
+    chunks = split(data, cuts) + [b"\x20\x01\x00"]  # and feed after any error
+    assert run(compiled, chunks, kinds) == run(PURE, chunks, kinds)
+
+
+def outcome(fn: object, *args: object) -> tuple[object, ...]:
+    try:
+        return ("ok", fn(*args))  # type: ignore[operator]
+    except Exception as exc:  # noqa: BLE001
+        return ("error", type(exc), str(exc))
+
+
+@SETTINGS
+@given(data=st.one_of(st.binary(max_size=12), header_st()))
+def test_decode_header_agrees(compiled: ModuleType, data: bytes) -> None:
+    expected = outcome(PURE.decode_header, data)
+    assert outcome(compiled.decode_header, data) == expected
+    assert outcome(compiled.decode_header, bytearray(data)) == expected
+    assert outcome(compiled.decode_header, memoryview(data)) == expected
+    if len(data) >= HEADER_SIZE and expected[0] == "ok":
+        version, ftype, flags, length = expected[1]  # type: ignore[misc]
+        assert compiled.encode_header(ftype, length, flags) == bytes([data[0] & 0xE7]) + data[1:8]
+
+
+ints_st = st.one_of(
+    st.integers(-3, 0x10003),
+    st.integers(2**24 - 2, 2**24 + 2),
+    st.integers(-(2**80), 2**80),
+    st.sampled_from([True, 1.0, None]),
+)
+
+
+@SETTINGS
+@given(ftype=ints_st, length=ints_st, flags=ints_st)
+def test_encode_header_agrees(
+    compiled: ModuleType, ftype: object, length: object, flags: object
+) -> None:
+    assert outcome(compiled.encode_header, ftype, length, flags) == outcome(
+        PURE.encode_header, ftype, length, flags
+    )
+
+
+@SETTINGS
+@given(ftype=ints_st, payload=st.binary(max_size=20), flags=ints_st, version=ints_st)
+def test_frame_constructor_agrees(
+    compiled: ModuleType, ftype: object, payload: bytes, flags: object, version: object
+) -> None:
+    c = outcome(compiled.Frame, ftype, payload, flags, version)
+    p = outcome(PURE.Frame, ftype, payload, flags, version)
+    if c[0] == "ok":
+        assert p[0] == "ok" and c[1] == p[1] and repr(c[1]) == repr(p[1])
+    else:
+        assert c == p
+    assert (
+        outcome(compiled.encode_frame, ftype, payload, flags)[1:]
+        == outcome(PURE.encode_frame, ftype, payload, flags)[1:]
+    )
