@@ -73,3 +73,10 @@ def bench_encode_frame_small(benchmark: Any, codec: ModuleType) -> None:
     payload = bytes(range(48))
     frame = benchmark(codec.encode_frame, 0x110, payload, 0)
     assert len(frame) == 56
+
+
+@pytest.mark.benchmark(group="call-overhead", min_time=TINY)
+def bench_call_overhead(benchmark: Any, codec: ModuleType) -> None:
+    # The harness's own cost for one call of a C function with one argument:
+    # run.py subtracts it to show the per-call groups' net speedup too.
+    assert benchmark(len, b"12345678") == 8

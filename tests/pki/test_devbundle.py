@@ -1,0 +1,94 @@
+"""The dev bundle: file layout and modes, secrets.yaml, a TLS 1.3 mutual handshake."""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from outrelay.identity import Identity, peer_identity
+from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
+
+PROVIDER = "outrelay://acme/agent/00000000-0000-0000-0000-000000000001"
+CONSUMER = "outrelay://acme/agent/00000000-0000-0000-0000-000000000002"
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("b") / "dev-pki"
+    write_dev_bundle(DevBundleConfig(out=out))
+    return out
+
+
+def test_layout_and_modes(bundle_dir: Path) -> None:
+    assert stat.S_IMODE(bundle_dir.stat().st_mode) == 0o700
+    names = sorted(p.name for p in bundle_dir.iterdir())
+    stems = ["admin-admin", "agent-consumer", "agent-provider", "ca", "controller", "relay-r1"]
+    assert names == sorted(
+        [f"{s}.crt" for s in stems] + [f"{s}.key" for s in stems] + ["secrets.yaml"]
+    )
+    for path in bundle_dir.iterdir():
+        want = 0o600 if path.suffix == ".key" else 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+    expected = {
+        "relay-r1": "outrelay://acme/relay/r1",
+        "agent-provider": PROVIDER,
+        "agent-consumer": CONSUMER,
+        "admin-admin": "outrelay://acme/admin/admin",
+    }
+    ca = x509.load_pem_x509_certificate((bundle_dir / "ca.crt").read_bytes())
+    for stem, uri in expected.items():
+        cert = x509.load_pem_x509_certificate((bundle_dir / f"{stem}.crt").read_bytes())
+        assert str(peer_identity(cert)) == uri
+        cert.verify_directly_issued_by(ca)
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        assert life.total_seconds() == 720 * 3600 + 60
+
+
+def test_secrets_yaml(bundle_dir: Path) -> None:
+    text = (bundle_dir / "secrets.yaml").read_text()
+    docs = re.split(r"(?m)^---\n", text)
+    assert len(docs) == 3
+    names = ["outrelay-relay-tls", "outrelay-agent-provider-tls", "outrelay-agent-consumer-tls"]
+    uris = ["outrelay://acme/relay/r1", PROVIDER, CONSUMER]
+    stems = ["relay-r1", "agent-provider", "agent-consumer"]
+    for doc, name, uri, stem in zip(docs, names, uris, stems, strict=True):
+        assert doc.startswith("apiVersion: v1\nkind: Secret\nmetadata:\n")
+        assert f"  name: {name}\n  namespace: outrelay\n" in doc
+        assert "    app.kubernetes.io/part-of: outrelay\n" in doc
+        assert "    app.kubernetes.io/managed-by: outrelay\n" in doc
+        assert f'    outrelay.dev/uri: "{uri}"\n' in doc
+        assert "type: Opaque\nstringData:\n  tls.crt: |\n" in doc
+        cert = (bundle_dir / f"{stem}.crt").read_text()
+        assert "".join(f"    {line}\n" for line in cert.splitlines()) in doc
+        assert "  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n" in doc
+        assert "  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n" in doc
+
+
+def test_options_and_validation(tmp_path: Path) -> None:
+    bundle = write_dev_bundle(
+        DevBundleConfig(out=tmp_path / "x", tenant="globex", relay_id="r7", namespace="prod")
+    )
+    assert bundle.identities["relay"] == Identity.relay("globex", "r7")
+    assert (tmp_path / "x" / "relay-r7.crt").exists()
+    assert "  namespace: prod\n" in (tmp_path / "x" / "secrets.yaml").read_text()
+    with pytest.raises(ValueError, match="namespace"):
+        write_dev_bundle(DevBundleConfig(out=tmp_path / "y", namespace="Bad Ns"))
+
+
+def test_secrets_yaml_parses(bundle_dir: Path) -> None:
+    yaml = pytest.importorskip("yaml")
+    docs = list(yaml.safe_load_all((bundle_dir / "secrets.yaml").read_text()))
+    assert [d["metadata"]["name"] for d in docs] == [
+        "outrelay-relay-tls",
+        "outrelay-agent-provider-tls",
+        "outrelay-agent-consumer-tls",
+    ]
+    provider = docs[1]
+    assert provider["metadata"]["annotations"]["outrelay.dev/uri"] == PROVIDER
+    assert provider["stringData"]["tls.crt"] == (bundle_dir / "agent-provider.crt").read_text()
+    assert provider["stringData"]["tls.key"] == (bundle_dir / "agent-provider.key").read_text()
+    assert provider["stringData"]["ca.crt"] == (bundle_dir / "ca.crt").read_text()
