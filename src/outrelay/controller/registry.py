@@ -1,0 +1,178 @@
+"""``outrelay.control.v1.Registry``: which agent serves which service, where.
+
+Differences from the reference (docs/controller.md): several agents may
+provide one service; Resolve returns every live provider, same region first
+and then most recently registered; a relay whose last UpsertRelay heartbeat
+is older than ``stale_after`` has its providers left out; requests without
+a tenant are INVALID_ARGUMENT; a slow watcher ends with RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from outrelay.controller.base import (
+    Db,
+    InvalidArgument,
+    require,
+    require_tenant,
+    rpc_errors,
+    stream_errors,
+)
+from outrelay.controller.hub import Hub, HubClosed, WatcherDropped
+from outrelay.controller.store import ProviderRow, now_ms
+from outrelay.identity import valid_label
+from outrelay.observe import kv
+from outrelay.proto import registry_pb2 as pb
+from outrelay.proto import registry_pb2_grpc as pb_grpc
+
+#: Default relay heartbeat interval; a relay is stale after 3 of them.
+DEFAULT_HEARTBEAT_S = 10.0
+
+log = logging.getLogger("outrelay.controller")
+
+#: (tenant, service name, WatchEvent)
+RegistryEvent = tuple[str, str, pb.WatchEvent]
+
+
+def provider_pb(row: ProviderRow) -> pb.Provider:
+    """The wire form of a provider row."""
+    return pb.Provider(
+        service_id=row.service_id,
+        agent_uri=row.agent_uri,
+        relay_id=row.relay_id,
+        local_addr=row.local_addr,
+        updated_at_unix_ms=row.updated_at_unix_ms,
+        relay_endpoint=row.relay_endpoint,
+    )
+
+
+class RegistryService(pb_grpc.RegistryServicer):
+    """Servicer of ``outrelay.control.v1.Registry``."""
+
+    def __init__(
+        self,
+        db: Db,
+        hub: Hub[RegistryEvent],
+        *,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._db = db
+        self._hub = hub
+        self._stale_after_ms = int(3 * heartbeat_s * 1000)
+        self._clock = clock
+
+    def _publish(self, kind: int, row: ProviderRow) -> None:
+        event = pb.WatchEvent(kind=kind, provider=provider_pb(row), service_name=row.service_name)  # type: ignore[arg-type]
+        self._hub.publish(row.tenant, (row.tenant, row.service_name, event))
+
+    @rpc_errors("registry_register")
+    async def RegisterService(  # noqa: N802 - gRPC method name
+        self, request: pb.RegisterServiceRequest, context: Any
+    ) -> pb.RegisterServiceResponse:
+        tenant = require_tenant(request.tenant)
+        require(request.service_name, "service_name")
+        require(request.agent_uri, "agent_uri")
+        require(request.relay_id, "relay_id")
+        row = await self._db.call(
+            self._db.store.register_provider,
+            tenant,
+            request.service_name,
+            request.agent_uri,
+            request.relay_id,
+            request.local_addr,
+        )
+        log.info(
+            "registry: service registered",
+            extra=kv(
+                tenant=tenant,
+                service=row.service_name,
+                agent=row.agent_uri,
+                relay=row.relay_id,
+                service_id=row.service_id,
+            ),
+        )
+        self._publish(pb.EVENT_KIND_REGISTER, row)
+        return pb.RegisterServiceResponse(service_id=row.service_id)
+
+    @rpc_errors("registry_deregister")
+    async def DeregisterAgent(  # noqa: N802
+        self, request: pb.DeregisterAgentRequest, context: Any
+    ) -> pb.DeregisterAgentResponse:
+        tenant = require_tenant(request.tenant)
+        require(request.agent_uri, "agent_uri")
+        require(request.relay_id, "relay_id")
+        rows = await self._db.call(
+            self._db.store.deregister_agent, tenant, request.agent_uri, request.relay_id
+        )
+        log.info(
+            "registry: agent deregistered",
+            extra=kv(
+                tenant=tenant,
+                agent=request.agent_uri,
+                relay=request.relay_id,
+                removed_count=len(rows),
+            ),
+        )
+        for row in rows:
+            self._publish(pb.EVENT_KIND_DEREGISTER, row)
+        return pb.DeregisterAgentResponse()
+
+    @rpc_errors("registry_resolve")
+    async def Resolve(  # noqa: N802
+        self, request: pb.ResolveRequest, context: Any
+    ) -> pb.ResolveResponse:
+        tenant = require_tenant(request.tenant)
+        require(request.service_name, "service_name")
+        rows = await self._db.call(
+            self._db.store.resolve,
+            tenant,
+            request.service_name,
+            request.caller_region,
+            self._clock() - self._stale_after_ms,
+        )
+        return pb.ResolveResponse(providers=[provider_pb(row) for row in rows])
+
+    @rpc_errors("registry_upsert_relay")
+    async def UpsertRelay(  # noqa: N802
+        self, request: pb.UpsertRelayRequest, context: Any
+    ) -> pb.UpsertRelayResponse:
+        require(request.id, "id")
+        if not valid_label(request.id):
+            raise InvalidArgument(f"id: {request.id!r} is not a valid relay id label")
+        require(request.endpoint, "endpoint")
+        await self._db.call(
+            self._db.store.upsert_relay, request.id, request.region, request.endpoint
+        )
+        log.debug(
+            "registry: relay upserted",
+            extra=kv(relay_id=request.id, region=request.region, endpoint=request.endpoint),
+        )
+        return pb.UpsertRelayResponse()
+
+    @stream_errors
+    async def Watch(  # noqa: N802
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchEvent]:
+        tenant = require_tenant(request.tenant)
+        names = frozenset(request.service_names)
+        try:
+            watcher = self._hub.add(tenant, lambda ev: not names or ev[1] in names)
+        except HubClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            async for _tenant, _name, event in self._hub.events(watcher):
+                yield event
+        except WatcherDropped as exc:
+            log.warning(
+                "registry: watcher dropped (slow consumer)",
+                extra=kv(watcher_id=watcher.id, tenant=tenant),
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except HubClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
