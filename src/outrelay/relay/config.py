@@ -1,0 +1,97 @@
+"""Everything a relay process needs to run; the CLI fills it, ``run`` reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A relay setting is missing or invalid."""
+
+
+def split_hostport(value: str, what: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) -> (host, port).
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--{what}: want HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Relay settings; defaults match the CLI (and relay.md §1.1 where it applies)."""
+
+    #: UDP address of the QUIC listener (port 0: ephemeral).
+    listen: str = "127.0.0.1:7443"
+    #: PEM certificate (chain), its key, and the CA bundle client certs must chain to.
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    #: Controller gRPC address.
+    controller: str = "127.0.0.1:7444"
+    #: CA bundle for the controller's server certificate ('' = ``ca``).
+    controller_ca: str = ""
+    #: Name expected in the controller's certificate ('' = the host of ``controller``).
+    controller_server_name: str = ""
+    #: Plaintext gRPC to the controller (its ``--insecure`` mode; local use only).
+    insecure_controller: bool = False
+    #: Identifier in UpsertRelay and every RegisterService ('' = ``listen``).
+    relay_id: str = ""
+    #: Sent in UpsertRelay and as Resolve's caller_region.
+    region: str = "local"
+    #: Endpoint peers would dial, sent in UpsertRelay ('' = the bound listen address).
+    advertise: str = ""
+    #: Comma-separated tenants whose policies are enforced ('' = no policy, no audit).
+    tenant: str = ""
+    #: Debug HTTP address ('' disables).
+    debug_listen: str = "127.0.0.1:9100"
+    #: JSONL file for periodic metric snapshots ('' disables).
+    metrics_dump: str = ""
+    #: Seconds between metric snapshots.
+    metrics_interval: float = 10.0
+    log_format: str = "text"
+    log_level: str = "info"
+    #: Bytes the relay holds per spliced stream direction (the QUIC stream window).
+    window: int = MiB
+    #: Bytes the relay holds per connection (the QUIC connection window).
+    connection_window: int = 16 * MiB
+    #: Seconds between UpsertRelay heartbeats.
+    heartbeat: float = 10.0
+    #: Audit queue depth (a full queue drops and counts).
+    audit_queue: int = 1024
+    #: Write {"quic": ..., "debug": ...} here once listening ('' = no file).
+    ready_file: str = ""
+    #: QUIC idle timeout and keepalive, seconds (wire.md §7.2).
+    idle_timeout: float = 10.0
+    keepalive: float = 3.0
+
+    @property
+    def tenants(self) -> list[str]:
+        """The tenants of ``tenant``, in order, without blanks or repeats."""
+        return list(dict.fromkeys(t.strip() for t in self.tenant.split(",") if t.strip()))
+
+    def check(self) -> None:
+        """Validate what can be validated without touching files or the network.
+
+        Raises:
+            ConfigError: a required setting is missing or a value is invalid.
+        """
+        missing = [f"--{n}" for n in ("cert", "key", "ca") if not getattr(self, n)]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} required")
+        split_hostport(self.listen, "listen")
+        split_hostport(self.controller, "controller")
+        if self.debug_listen:
+            split_hostport(self.debug_listen, "debug-listen")
+        if self.window <= 0 or self.connection_window <= 0:
+            raise ConfigError("--window and --connection-window must be positive")
+        if self.connection_window < self.window:
+            raise ConfigError("--connection-window must be at least --window")
+        if self.heartbeat <= 0:
+            raise ConfigError("--heartbeat must be positive")

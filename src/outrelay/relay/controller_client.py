@@ -1,0 +1,100 @@
+"""The relay's gRPC client of the controller (mTLS with the relay's own certificate).
+
+Each RPC the core asks for goes through :meth:`ControllerClient.call`, which
+turns gRPC failures into :class:`~outrelay.relay.errors.ControllerError`
+carrying the status name. Streams (``Policy.Watch``) use the stubs directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from outrelay.proto import (
+    audit_pb2,
+    audit_pb2_grpc,
+    policy_pb2_grpc,
+    registry_pb2_grpc,
+)
+from outrelay.relay.errors import ControllerError
+
+
+def error_of(exc: grpc.aio.AioRpcError) -> ControllerError:
+    """The ControllerError for a failed RPC."""
+    code = exc.code()
+    status = code.name if code is not None else "UNKNOWN"
+    return ControllerError(exc.details() or status, status=status)
+
+
+class ControllerClient:
+    """Registry, Policy and Audit stubs on one channel."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        cert: str = "",
+        key: str = "",
+        ca: str = "",
+        server_name: str = "",
+        insecure: bool = False,
+    ) -> None:
+        """Build the channel (connects lazily).
+
+        Raises:
+            OSError: a certificate, key or CA file cannot be read.
+        """
+        options: list[tuple[str, Any]] = []
+        if insecure:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(ca).read_bytes(),
+                private_key=Path(key).read_bytes(),
+                certificate_chain=Path(cert).read_bytes(),
+            )
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self.channel = grpc.aio.secure_channel(target, creds, options=options)
+        self.registry = registry_pb2_grpc.RegistryStub(self.channel)
+        self.policy = policy_pb2_grpc.PolicyStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditStub(self.channel)
+
+    async def call(self, method: str, request: Message, timeout: float | None = None) -> Any:
+        """Run the unary Registry RPC ``method``; return its response.
+
+        Raises:
+            ControllerError: the RPC failed (``status`` names the gRPC code).
+        """
+        rpc = getattr(self.registry, method)
+        try:
+            return await rpc(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise error_of(exc) from None
+
+    async def record(self, events: list[audit_pb2.AuditEvent], timeout: float = 10.0) -> None:
+        """Send audit events, in one RecordBatch (or one Record each if unsupported).
+
+        Raises:
+            ControllerError: the controller did not take them.
+        """
+        try:
+            await self.audit.RecordBatch(
+                audit_pb2.RecordBatchRequest(events=events), timeout=timeout
+            )
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise error_of(exc) from None
+        for event in events:
+            try:
+                await self.audit.Record(audit_pb2.RecordAuditRequest(event=event), timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise error_of(exc) from None
+
+    async def close(self) -> None:
+        """Close the channel (in-flight RPCs are cancelled)."""
+        await self.channel.close()

@@ -1,0 +1,829 @@
+"""The relay's protocol logic, sans-IO: inputs in, :mod:`actions` out.
+
+How this works
+--------------
+The asyncio shell (``server.py``) owns sockets, QUIC connections and the
+controller client. It numbers connections and calls one method of
+:class:`RelayCore` per thing that happened; each returns a list of actions to
+apply in order. The core never blocks and never reads a clock other than the
+ones it was given, so the whole relay logic runs in memory in tests.
+
+Inputs:
+
+* ``connection_verified`` -- a QUIC connection's client certificate passed
+  verification (chain, validity, clientAuth; done by ``outrelay.transport``).
+  The core checks the identity: only ``agent`` URIs may use the agent path.
+* ``stream_data`` / ``stream_aborted`` -- bytes, FIN, or a reset on a stream
+  the core still reads (control streams and streams not yet spliced).
+* ``controller_replied`` / ``controller_failed`` -- the result of a
+  :class:`~actions.CallController`.
+* ``stream_opened`` / ``stream_open_failed`` -- result of an
+  :class:`~actions.OpenStream`.
+* ``splice_ended`` -- both directions of a :class:`~actions.StartSplice` ended.
+* ``connection_closed`` -- the connection is gone.
+
+The agent path (relay.md §3-§7, §11, §12):
+
+1. The first client-initiated bidirectional stream (QUIC id 0) is the control
+   stream. Its first frame must be HELLO whose ``agent_uri`` equals the
+   certificate URI byte for byte, else the connection is closed without a
+   reply. Data streams that arrive before HELLO_ACK wait (unread, so the
+   transport's window bounds them).
+2. Control frames are handled strictly in order; while a REGISTER waits for
+   the controller, later control bytes are not even read.
+3. Every other client stream is a data stream whose first frame decides what
+   it is. OPEN_STREAM runs: caller-side policy -> Resolve -> provider choice
+   -> callee-side policy -> pair record (409 on collision) -> INCOMING_STREAM
+   to the provider -> its STREAM_ACCEPT / STREAM_REJECT -> STREAM_READY on
+   both control streams -> splice. Bytes the consumer (or provider) sends
+   after its opening frame are kept, ungranted, and handed to the splice.
+
+Refusals are :class:`~errors.RelayError` subclasses carrying their reject
+code; ``_reject`` is the one place they become STREAM_REJECT frames.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from outrelay.identity import Identity, IdentityError, Role, parse
+from outrelay.observe import REGISTRY, Registry, kv
+from outrelay.orp import (
+    HEADER_SIZE,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    OrpError,
+    decode_header,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
+from outrelay.policy import P2PMode, PolicyEngine, RelayMode, combine_p2p
+from outrelay.policy.engine import Decision
+from outrelay.proto import orp_pb2, registry_pb2
+from outrelay.relay.actions import (
+    Action,
+    CallController,
+    CloseConnection,
+    Grant,
+    Leg,
+    OpenStream,
+    ResetStream,
+    Send,
+    StartSplice,
+    StopReading,
+)
+from outrelay.relay.audit import AuditQueue, audit_event, tenant_of
+from outrelay.relay.cache import DecisionCache
+from outrelay.relay.errors import (
+    BadGateway,
+    Collision,
+    ControllerError,
+    Denied,
+    NotFound,
+    RelayError,
+    Unavailable,
+    register_refusal,
+    reject_frame,
+)
+from outrelay.relay.pairs import PairTable
+from outrelay.relay.registry import LocalAgents, ProviderChooser
+
+log = logging.getLogger("outrelay.relay")
+
+#: QUIC id of the control stream (the first client-initiated bidirectional one).
+CONTROL_STREAM = 0
+#: Largest opening frame of a data stream we accept (well under the window,
+#: so a peer cannot stall a stream by announcing a frame it may never send).
+MAX_OPENING_FRAME = 64 * 1024
+
+_FORWARDED: dict[int, type[Message]] = {
+    FrameType.CANDIDATE_OFFER: orp_pb2.CandidateOffer,
+    FrameType.CANDIDATE_ANSWER: orp_pb2.CandidateAnswer,
+    FrameType.STREAM_CHECKPOINT: orp_pb2.StreamCheckpoint,
+}
+
+
+def _client_bidi(stream_id: int) -> bool:
+    return stream_id % 4 == 0
+
+
+class _Opening:
+    """Reads exactly one frame off the start of a stream and keeps what follows."""
+
+    __slots__ = ("buf", "fed")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.fed = 0
+
+    def feed(self, data: bytes) -> tuple[Frame, bytes, int] | None:
+        """(frame, bytes after it, bytes the frame used) once complete, else None.
+
+        Raises OrpError for a bad header or a frame over MAX_OPENING_FRAME.
+        """
+        self.buf += data
+        self.fed += len(data)
+        if len(self.buf) < HEADER_SIZE:
+            return None
+        _, ftype, flags, length = decode_header(self.buf)
+        if length > MAX_OPENING_FRAME:
+            raise OrpError(f"relay: opening frame of {length} bytes is too large")
+        end = HEADER_SIZE + length
+        if len(self.buf) < end:
+            return None
+        frame = Frame(ftype, bytes(self.buf[HEADER_SIZE:end]), flags)
+        rest = bytes(self.buf[end:])
+        used = self.fed - len(rest)
+        self.buf = bytearray()
+        return frame, rest, used
+
+
+class _Phase(enum.IntEnum):
+    """Where an OPEN_STREAM flow is."""
+
+    OPENING = 0  # reading the consumer's first frame
+    RESOLVING = 1  # waiting for the controller's Resolve
+    PROVIDER_OPENING = 2  # INCOMING_STREAM being opened toward the provider
+    ANSWER = 3  # waiting for the provider's STREAM_ACCEPT / STREAM_REJECT
+    SPLICED = 4  # the shell's splice owns both streams
+    DONE = 5
+
+
+@dataclass(eq=False)
+class _Agent:
+    conn: int
+    #: first URI SAN of the certificate, as written
+    uri: str
+    identity: Identity
+    addr: Any
+    hello_done: bool = False
+    refused: bool = False
+    control_done: bool = False
+    #: a REGISTER is at the controller: later control input waits
+    busy: bool = False
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    queued: deque[Frame] = field(default_factory=deque)
+    held_control: bytearray = field(default_factory=bytearray)
+    held_fin: bool = False
+    #: data streams that arrived before HELLO_ACK: stream -> [(data, fin)]
+    held_streams: dict[int, list[tuple[bytes, bool]]] = field(default_factory=dict)
+    flows: set[int] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Flow:
+    id: int
+    conn: int
+    stream: int
+    consumer_uri: str
+    started: float
+    phase: _Phase = _Phase.OPENING
+    opening: _Opening = field(default_factory=_Opening)
+    pending: bytearray = field(default_factory=bytearray)
+    fin: bool = False
+    request: orp_pb2.OpenStream | None = None
+    p2p_mode: P2PMode = P2PMode.ALLOWED
+    relay_mode: RelayMode = RelayMode.SPLICE
+    provider_uri: str = ""
+    provider_conn: int | None = None
+    provider_stream: int | None = None
+    provider_opening: _Opening = field(default_factory=_Opening)
+    provider_fin: bool = False
+    paired: bool = False
+    opened_at: float = 0.0
+    #: (conn, stream) keys of this flow in the core's stream index
+    keys: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RelayCore:
+    """Everything the relay decides, for every connection of one relay process.
+
+    ``policy`` None disables policy and audit (the reference's empty
+    ``--tenant``); otherwise every OPEN_STREAM is evaluated caller-side and
+    callee-side, each evaluation through the decision cache and each giving
+    one audit event on ``audit``.
+    """
+
+    def __init__(
+        self,
+        relay_id: str,
+        region: str = "local",
+        *,
+        policy: PolicyEngine | None = None,
+        audit: AuditQueue | None = None,
+        metrics: Registry = REGISTRY,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.relay_id = relay_id
+        self.region = region
+        self.policy = policy
+        self.audit = audit
+        self.cache: DecisionCache[Decision] = DecisionCache()
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.local = LocalAgents()
+        self.chooser = ProviderChooser(relay_id, self.local)
+        self.pairs = PairTable()
+        self._agents: dict[int, _Agent] = {}
+        self._flows: dict[int, _Flow] = {}
+        self._streams: dict[tuple[int, int], _Flow] = {}
+        self._tokens: dict[int, tuple[str, int, int]] = {}
+        self._next_token = 1
+        self._next_flow = 1
+        m = metrics
+        self.m_agents = m.gauge("agents_connected")
+        self.m_refused = m.counter("connections_refused")
+        self.m_active = m.gauge("stream_active")
+        self.m_opens = m.counter("stream_opens")
+        self.m_rejects = m.counter("stream_rejects")
+        self._m = m
+        self.m_duration = m.histogram("stream_open_duration")
+        self.m_setup = m.histogram("stream_setup_duration")
+        self.m_eval = m.histogram("policy_eval_duration")
+        self.m_hits = m.counter("policy_cache_hits")
+        self.m_misses = m.counter("policy_cache_misses")
+
+    # -- introspection (tests, debug) -------------------------------------
+
+    @property
+    def flows(self) -> int:
+        """OPEN_STREAM flows in progress or spliced."""
+        return len(self._flows)
+
+    def agent_uri(self, conn: int) -> str | None:
+        """The identity of an accepted connection, or None."""
+        agent = self._agents.get(conn)
+        return None if agent is None else agent.uri
+
+    # -- policy -------------------------------------------------------------
+
+    def policy_changed(self) -> None:
+        """A policy rule changed: cached decisions may be wrong, drop them."""
+        self.cache.flush()
+
+    def evaluate(self, caller: str, target: str, method: str) -> Decision:
+        """Decide (caller, target, method) through the cache; queue one audit event.
+
+        Only meaningful with policy enabled (raises AssertionError otherwise).
+        """
+        assert self.policy is not None
+        t0 = time.perf_counter_ns()
+        key = (caller, target, method)
+        now = self.clock()
+        decision = self.cache.get(key, now)
+        if decision is None:
+            self.m_misses.inc()
+            decision = self.policy.decide(tenant_of(caller), caller, target, method, self.wall_ms())
+            self.cache.put(key, decision, now)
+        else:
+            self.m_hits.inc()
+        self.m_eval.observe_ns(time.perf_counter_ns() - t0)
+        if self.audit is not None:
+            self.audit.put(audit_event(caller, target, method, decision, self.wall_ms()))
+        return decision
+
+    # -- connections --------------------------------------------------------
+
+    def connection_verified(self, conn: int, peer_uri: str | None, addr: Any) -> list[Action]:
+        """A connection's certificate verified; accept it on the agent path or close it."""
+        if peer_uri is None:
+            return self._refuse(conn, "missing identity")
+        try:
+            identity = parse(peer_uri)
+        except IdentityError as exc:
+            return self._refuse(conn, f"bad identity URI: {exc}")
+        if identity.role is Role.RELAY:
+            return self._refuse(conn, "relay peers are not served (no inter-relay forwarding)")
+        if identity.role is not Role.AGENT:
+            return self._refuse(conn, f"{identity.role} identities may not connect as agents")
+        self._agents[conn] = _Agent(conn, peer_uri, identity, addr)
+        return []
+
+    def connection_closed(self, conn: int) -> list[Action]:
+        """The connection ended: abort its unspliced flows, deregister the agent."""
+        agent = self._agents.pop(conn, None)
+        if agent is None:
+            return []
+        actions: list[Action] = []
+        for fid in sorted(agent.flows):
+            flow = self._flows.get(fid)
+            if flow is None or flow.phase is _Phase.SPLICED:
+                continue  # a splice sees the closed connection itself
+            if flow.conn == conn:
+                actions += self._drop_provider(flow, reset=True)
+            else:
+                flow.provider_stream = None
+                actions += self._close_consumer(flow)
+            self._finish(flow)
+        if agent.hello_done:
+            self.m_agents.dec()
+            if self.local.remove(agent.uri, conn):
+                log.info("agent disconnected", extra=kv(agent=agent.uri))
+                actions.append(
+                    CallController(
+                        None,
+                        "DeregisterAgent",
+                        registry_pb2.DeregisterAgentRequest(
+                            tenant=agent.identity.tenant,
+                            agent_uri=agent.uri,
+                            relay_id=self.relay_id,
+                        ),
+                    )
+                )
+        return actions
+
+    def _refuse(self, conn: int, reason: str) -> list[Action]:
+        self.m_refused.inc()
+        log.warning("reject conn", extra=kv(conn=conn, reason=reason))
+        agent = self._agents.get(conn)
+        if agent is not None:
+            agent.refused = True
+        return [CloseConnection(conn, 0, reason)]
+
+    # -- stream input -------------------------------------------------------
+
+    def stream_data(self, conn: int, stream: int, data: bytes, fin: bool = False) -> list[Action]:
+        """Bytes (and/or FIN) arrived on a stream the core reads."""
+        agent = self._agents.get(conn)
+        if agent is None or agent.refused:
+            return []
+        flow = self._streams.get((conn, stream))
+        if flow is not None:
+            return self._flow_data(flow, conn, stream, data, fin)
+        if stream == CONTROL_STREAM:
+            return self._control_data(agent, data, fin)
+        if not _client_bidi(stream):
+            return [StopReading(conn, stream)]
+        if not data:
+            return []  # a stream finished before saying anything, or a late FIN
+        if not agent.hello_done:
+            agent.held_streams.setdefault(stream, []).append((data, fin))
+            return []
+        return self._new_flow(agent, stream, data, fin)
+
+    def stream_aborted(self, conn: int, stream: int) -> list[Action]:
+        """The peer reset a stream or asked us to stop sending on it."""
+        agent = self._agents.get(conn)
+        if agent is None:
+            return []
+        if stream == CONTROL_STREAM:
+            agent.control_done = True  # data streams keep working (relay.md §3)
+            return []
+        agent.held_streams.pop(stream, None)
+        flow = self._streams.get((conn, stream))
+        if flow is None or flow.phase is _Phase.SPLICED:
+            return []
+        actions: list[Action]
+        if (conn, stream) == (flow.conn, flow.stream):
+            actions = [ResetStream(conn, stream)]
+            actions += self._drop_provider(flow, reset=True)
+        else:
+            actions = [ResetStream(conn, stream)]
+            flow.provider_stream = None
+            actions += self._close_consumer(flow)
+        self._finish(flow)
+        return actions
+
+    # -- control stream -----------------------------------------------------
+
+    def _control_data(self, agent: _Agent, data: bytes, fin: bool) -> list[Action]:
+        if agent.control_done:
+            return [Grant(agent.conn, CONTROL_STREAM, len(data))] if data else []
+        if agent.busy:
+            agent.held_control += data
+            agent.held_fin |= fin
+            return []
+        return self._feed_control(agent, data, fin)
+
+    def _feed_control(self, agent: _Agent, data: bytes, fin: bool) -> list[Action]:
+        conn = agent.conn
+        actions: list[Action] = [Grant(conn, CONTROL_STREAM, len(data))] if data else []
+        try:
+            frames = agent.decoder.feed(data)
+            if fin:
+                agent.decoder.close()
+        except OrpError as exc:
+            frames = []
+            if not agent.hello_done:
+                return actions + self._refuse(conn, f"bad HELLO: {exc}")
+            log.info("control stream ended", extra=kv(agent=agent.uri, err=str(exc)))
+            agent.control_done = True
+            return actions + [StopReading(conn, CONTROL_STREAM)]
+        agent.queued.extend(frames)
+        actions += self._run_control(agent)
+        if fin and not agent.refused:
+            if not agent.hello_done:
+                return actions + self._refuse(conn, "control stream ended before HELLO")
+            agent.control_done = True
+        return actions
+
+    def _run_control(self, agent: _Agent) -> list[Action]:
+        actions: list[Action] = []
+        while agent.queued and not agent.busy and not agent.refused:
+            frame = agent.queued.popleft()
+            if agent.hello_done:
+                actions += self._control_frame(agent, frame)
+            else:
+                actions += self._hello(agent, frame)
+        return actions
+
+    def _resume_control(self, agent: _Agent) -> list[Action]:
+        """A REGISTER finished: run what waited behind it."""
+        actions = self._run_control(agent)
+        if not agent.busy and (agent.held_control or agent.held_fin):
+            data, fin = bytes(agent.held_control), agent.held_fin
+            agent.held_control, agent.held_fin = bytearray(), False
+            actions += self._feed_control(agent, data, fin)
+        return actions
+
+    def _hello(self, agent: _Agent, frame: Frame) -> list[Action]:
+        conn = agent.conn
+        if frame.type != FrameType.HELLO:
+            return self._refuse(conn, f"first control frame is {frame.type:#05x}, not HELLO")
+        try:
+            hello = decode_message(frame, FrameType.HELLO, orp_pb2.Hello)
+        except OrpError as exc:
+            return self._refuse(conn, f"bad HELLO: {exc}")
+        if hello.agent_uri != agent.uri:
+            return self._refuse(conn, "HELLO uri mismatch")
+        agent.hello_done = True
+        self.local.add(agent.uri, conn)
+        self.m_agents.inc()
+        log.info("agent connected", extra=kv(agent=agent.uri, conn=conn))
+        actions: list[Action] = [
+            Send(conn, CONTROL_STREAM, encode_message(FrameType.HELLO_ACK, orp_pb2.HelloAck()))
+        ]
+        held, agent.held_streams = agent.held_streams, {}
+        for stream, chunks in sorted(held.items()):
+            for data, fin in chunks:
+                actions += self.stream_data(conn, stream, data, fin)
+        return actions
+
+    def _control_frame(self, agent: _Agent, frame: Frame) -> list[Action]:
+        conn = agent.conn
+        ftype = frame.type
+        if ftype == FrameType.REGISTER:
+            try:
+                reg = decode_message(frame, FrameType.REGISTER, orp_pb2.Register)
+            except OrpError as exc:
+                log.warning("bad REGISTER", extra=kv(agent=agent.uri, err=str(exc)))
+                return []
+            agent.busy = True
+            token = self._token("register", conn)
+            request = registry_pb2.RegisterServiceRequest(
+                tenant=agent.identity.tenant,
+                service_name=reg.service_name,
+                agent_uri=agent.uri,
+                relay_id=self.relay_id,
+                local_addr=reg.local_addr,
+            )
+            return [CallController(token, "RegisterService", request)]
+        if ftype == FrameType.PING:
+            return [Send(conn, CONTROL_STREAM, encode_frame(FrameType.PONG))]
+        if ftype == FrameType.OBSERVED_ADDR_QUERY:
+            return self._observed_addr(agent, frame)
+        if ftype in _FORWARDED:
+            return self._forward_control(agent, frame)
+        if ftype == FrameType.MIGRATE_TO_P2P:
+            # P2P bookkeeping (relay.md §9) is not built yet: nothing to note.
+            return []
+        log.warning("unexpected control frame", extra=kv(agent=agent.uri, type=ftype))
+        return []
+
+    def _observed_addr(self, agent: _Agent, frame: Frame) -> list[Action]:
+        try:
+            query = decode_message(frame, FrameType.OBSERVED_ADDR_QUERY, orp_pb2.ObservedAddrQuery)
+        except OrpError:
+            return []
+        try:
+            host, port = str(agent.addr[0]), int(agent.addr[1])
+        except (TypeError, IndexError, ValueError):
+            return []
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:") :]  # an IPv4 peer on a dual-stack socket
+        resp = orp_pb2.ObservedAddrResp(request_id=query.request_id, ip=host, port=port)
+        frame_out = encode_message(FrameType.OBSERVED_ADDR_RESP, resp)
+        return [Send(agent.conn, CONTROL_STREAM, frame_out)]
+
+    def _forward_control(self, agent: _Agent, frame: Frame) -> list[Action]:
+        """Route a candidate/checkpoint frame to the other end of its pair (§12)."""
+        try:
+            msg: Any = decode_message(frame, frame.type, _FORWARDED[frame.type])
+        except OrpError:
+            return []
+        pair = self.pairs.get(msg.stream_id)
+        peer = pair.peer_of(agent.uri) if pair is not None else None
+        peer_conn = self.local.get(peer) if peer is not None else None
+        if peer_conn is None:
+            log.debug("control forward: no peer", extra=kv(stream_id=msg.stream_id))
+            return []
+        # same type, flags and payload bytes as received (relay.md §12 step 4)
+        raw = encode_frame(frame.type, frame.payload, frame.flags)
+        return [Send(peer_conn, CONTROL_STREAM, raw)]
+
+    # -- controller results -------------------------------------------------
+
+    def _token(self, kind: str, ref: int, extra: int = 0) -> int:
+        token = self._next_token
+        self._next_token += 1
+        self._tokens[token] = (kind, ref, extra)
+        return token
+
+    def controller_replied(self, token: int, response: Message) -> list[Action]:
+        """The RPC of ``token`` succeeded with ``response``."""
+        entry = self._tokens.pop(token, None)
+        if entry is None:
+            return []
+        kind, ref, _ = entry
+        if kind == "register":
+            agent = self._agents.get(ref)
+            if agent is None or agent.refused:
+                return []
+            agent.busy = False
+            assert isinstance(response, registry_pb2.RegisterServiceResponse)
+            ack = orp_pb2.RegisterAck(service_id=response.service_id)
+            actions: list[Action] = [
+                Send(ref, CONTROL_STREAM, encode_message(FrameType.REGISTER_ACK, ack))
+            ]
+            return actions + self._resume_control(agent)
+        flow = self._flows.get(ref)
+        if flow is None or flow.phase is not _Phase.RESOLVING:
+            return []
+        assert isinstance(response, registry_pb2.ResolveResponse)
+        return self._resolved(flow, list(response.providers))
+
+    def controller_failed(self, token: int, error: ControllerError) -> list[Action]:
+        """The RPC of ``token`` failed."""
+        entry = self._tokens.pop(token, None)
+        if entry is None:
+            return []
+        kind, ref, _ = entry
+        if kind == "register":
+            agent = self._agents.get(ref)
+            if agent is None or agent.refused:
+                return []
+            agent.busy = False
+            refusal = register_refusal(error)
+            log.warning(
+                "register rejected",
+                extra=kv(agent=agent.uri, status=error.status, err=error.reason),
+            )
+            # The reference sends nothing and the agent hangs (relay.md §17 Q2);
+            # we answer with a STREAM_REJECT on the control stream instead.
+            actions: list[Action] = [Send(ref, CONTROL_STREAM, reject_frame(refusal))]
+            return actions + self._resume_control(agent)
+        flow = self._flows.get(ref)
+        if flow is None or flow.phase is not _Phase.RESOLVING:
+            return []
+        log.warning("resolve failed", extra=kv(status=error.status, err=error.reason))
+        if error.status == "NOT_FOUND":
+            return self._reject(flow, NotFound())
+        return self._reject(flow, Unavailable("controller unavailable"))
+
+    def stream_opened(self, token: int, stream: int) -> list[Action]:
+        """The OpenStream of ``token`` got QUIC stream ``stream`` (INCOMING_STREAM sent)."""
+        entry = self._tokens.pop(token, None)
+        if entry is None:
+            return []
+        _, ref, pconn = entry
+        flow = self._flows.get(ref)
+        if flow is None or flow.phase is not _Phase.PROVIDER_OPENING or pconn not in self._agents:
+            return [ResetStream(pconn, stream)]
+        flow.provider_stream = stream
+        flow.phase = _Phase.ANSWER
+        self._streams[(pconn, stream)] = flow
+        flow.keys.append((pconn, stream))
+        self._agents[pconn].flows.add(flow.id)
+        return []
+
+    def stream_open_failed(self, token: int) -> list[Action]:
+        """The OpenStream of ``token`` failed (provider connection closing)."""
+        entry = self._tokens.pop(token, None)
+        if entry is None:
+            return []
+        flow = self._flows.get(entry[1])
+        if flow is None or flow.phase is not _Phase.PROVIDER_OPENING:
+            return []
+        return self._reject(flow, BadGateway("provider stream open failed"))
+
+    def splice_ended(self, flow_id: int) -> list[Action]:
+        """Both directions of the splice of ``flow_id`` are over."""
+        flow = self._flows.get(flow_id)
+        if flow is not None:
+            self._finish(flow)
+        return []
+
+    # -- OPEN_STREAM flow ---------------------------------------------------
+
+    def _new_flow(self, agent: _Agent, stream: int, data: bytes, fin: bool) -> list[Action]:
+        flow = _Flow(self._next_flow, agent.conn, stream, agent.uri, self.clock())
+        self._next_flow += 1
+        self._flows[flow.id] = flow
+        self._streams[(agent.conn, stream)] = flow
+        flow.keys.append((agent.conn, stream))
+        agent.flows.add(flow.id)
+        self.m_active.inc()
+        return self._flow_data(flow, agent.conn, stream, data, fin)
+
+    def _flow_data(
+        self, flow: _Flow, conn: int, stream: int, data: bytes, fin: bool
+    ) -> list[Action]:
+        if (conn, stream) == (flow.conn, flow.stream):
+            if flow.phase is not _Phase.OPENING:
+                flow.pending += data
+                flow.fin |= fin
+                return []
+            try:
+                got = flow.opening.feed(data)
+            except OrpError as exc:
+                log.warning("bad opening frame", extra=kv(err=str(exc)))
+                return self._end(flow)
+            if got is None:
+                if fin:
+                    flow.fin = True
+                    return self._end(flow)
+                return []
+            frame, rest, used = got
+            flow.pending += rest
+            flow.fin = fin
+            actions: list[Action] = [Grant(conn, stream, used)]
+            return actions + self._first_frame(flow, frame)
+        # the provider's stream
+        if flow.phase is not _Phase.ANSWER:
+            return []
+        try:
+            got = flow.provider_opening.feed(data)
+        except OrpError:
+            return self._end(flow)
+        if got is None:
+            if fin:  # provider closed without answering: consumer gets EOF, no frame
+                flow.provider_fin = True
+                return self._end(flow)
+            return []
+        frame, rest, used = got
+        flow.provider_fin = fin
+        actions = [Grant(conn, stream, used)]
+        if frame.type == FrameType.STREAM_ACCEPT:
+            return actions + self._splice(flow, rest)
+        if frame.type == FrameType.STREAM_REJECT:
+            # the provider's code and reason are replaced (relay.md §17 Q3)
+            return actions + self._reject(flow, Unavailable("provider rejected"))
+        return actions + self._end(flow)
+
+    def _first_frame(self, flow: _Flow, frame: Frame) -> list[Action]:
+        if frame.type == FrameType.OPEN_STREAM:
+            try:
+                flow.request = decode_message(frame, FrameType.OPEN_STREAM, orp_pb2.OpenStream)
+            except OrpError:
+                return self._end(flow)
+            self.m_opens.inc()
+            flow.opened_at = self.clock()
+            return self._open(flow)
+        if frame.type in (FrameType.STREAM_RESUME, FrameType.MIGRATE_TO_RELAY):
+            # The resume matcher (relay.md §8-§9) plugs in here: it will pair two
+            # such streams by stream id and emit a StartSplice for them.
+            log.info("stream resume not supported yet", extra=kv(type=frame.type))
+            return self._end(flow)
+        log.warning("first frame not OPEN_STREAM", extra=kv(type=frame.type))
+        return self._end(flow)
+
+    def _open(self, flow: _Flow) -> list[Action]:
+        req = flow.request
+        assert req is not None
+        if self.policy is not None:
+            decision = self.evaluate(flow.consumer_uri, req.target_service, req.method)
+            if not decision.allowed:
+                return self._reject(flow, Denied("denied: " + decision.reason))
+            flow.p2p_mode, flow.relay_mode = decision.p2p_mode, decision.relay_mode
+        flow.phase = _Phase.RESOLVING
+        token = self._token("resolve", flow.id)
+        request = registry_pb2.ResolveRequest(
+            tenant=tenant_of(flow.consumer_uri),
+            service_name=req.target_service,
+            caller_region=self.region,
+        )
+        return [CallController(token, "Resolve", request)]
+
+    def _resolved(self, flow: _Flow, providers: list[registry_pb2.Provider]) -> list[Action]:
+        req = flow.request
+        assert req is not None
+        try:
+            chosen = self.chooser.choose(
+                tenant_of(flow.consumer_uri), req.target_service, providers
+            )
+        except NotFound as exc:
+            return self._reject(flow, exc)
+        if chosen.conn is None:
+            return self._reject(flow, BadGateway("inter-relay forwarding unavailable"))
+        provider = chosen.provider.agent_uri
+        if self.policy is not None:
+            callee = self.evaluate(provider, flow.consumer_uri, req.method)
+            if not callee.allowed:
+                return self._reject(flow, Denied("denied (callee): " + callee.reason))
+            flow.p2p_mode = combine_p2p(flow.p2p_mode, callee.p2p_mode)
+        # Checked before INCOMING_STREAM goes out, so a colliding OPEN_STREAM
+        # never bothers the provider (the reference opens its stream first).
+        if not self.pairs.record(req.stream_id, flow.consumer_uri, provider):
+            return self._reject(flow, Collision())
+        flow.paired = True
+        flow.provider_uri = provider
+        flow.provider_conn = chosen.conn
+        flow.phase = _Phase.PROVIDER_OPENING
+        incoming = orp_pb2.IncomingStream(
+            target_service=req.target_service,
+            method=req.method,
+            source_agent_uri=flow.consumer_uri,
+            stream_id=req.stream_id,
+        )
+        token = self._token("open", flow.id, chosen.conn)
+        return [OpenStream(token, chosen.conn, encode_message(FrameType.INCOMING_STREAM, incoming))]
+
+    def _splice(self, flow: _Flow, provider_rest: bytes) -> list[Action]:
+        req = flow.request
+        assert req is not None and flow.provider_conn is not None
+        assert flow.provider_stream is not None
+        flow.phase = _Phase.SPLICED
+        self.m_setup.observe(self.clock() - flow.opened_at)
+        ready = encode_message(FrameType.STREAM_READY, orp_pb2.StreamReady(stream_id=req.stream_id))
+        actions: list[Action] = [Send(flow.conn, CONTROL_STREAM, ready)]
+        if self.local.get(flow.provider_uri) == flow.provider_conn:
+            actions.append(Send(flow.provider_conn, CONTROL_STREAM, ready))
+        a = Leg(flow.conn, flow.stream, bytes(flow.pending), flow.fin)
+        b = Leg(flow.provider_conn, flow.provider_stream, provider_rest, flow.provider_fin)
+        flow.pending = bytearray()
+        actions.append(StartSplice(flow.id, a, b))
+        return actions
+
+    # -- endings ------------------------------------------------------------
+
+    def _reject(self, flow: _Flow, err: RelayError) -> list[Action]:
+        """Answer the consumer with one STREAM_REJECT and end the flow."""
+        self.m_rejects.inc()
+        self._m.counter(f"stream_rejects_{err.code}").inc()
+        log.info(
+            "stream rejected",
+            extra=kv(consumer=flow.consumer_uri, code=err.code, reason=err.reason),
+        )
+        actions: list[Action] = [Send(flow.conn, flow.stream, reject_frame(err), fin=True)]
+        if not flow.fin:
+            actions.append(StopReading(flow.conn, flow.stream))
+        actions += self._drop_provider(flow, reset=False)
+        self._finish(flow)
+        return actions
+
+    def _end(self, flow: _Flow) -> list[Action]:
+        """End the flow without a frame: the consumer reads EOF."""
+        actions = self._close_consumer(flow)
+        actions += self._drop_provider(flow, reset=False)
+        self._finish(flow)
+        return actions
+
+    def _close_consumer(self, flow: _Flow) -> list[Action]:
+        actions: list[Action] = [Send(flow.conn, flow.stream, b"", fin=True)]
+        if not flow.fin:
+            actions.append(StopReading(flow.conn, flow.stream))
+        return actions
+
+    def _drop_provider(self, flow: _Flow, *, reset: bool) -> list[Action]:
+        conn, stream = flow.provider_conn, flow.provider_stream
+        if conn is None or stream is None:
+            return []
+        flow.provider_stream = None
+        if reset:
+            return [ResetStream(conn, stream)]
+        actions: list[Action] = [Send(conn, stream, b"", fin=True)]
+        if not flow.provider_fin:
+            actions.append(StopReading(conn, stream))
+        return actions
+
+    def _finish(self, flow: _Flow) -> None:
+        if flow.phase is _Phase.DONE:
+            return
+        flow.phase = _Phase.DONE
+        self._flows.pop(flow.id, None)
+        for key in flow.keys:
+            if self._streams.get(key) is flow:
+                del self._streams[key]
+        for conn in (flow.conn, flow.provider_conn):
+            agent = self._agents.get(conn) if conn is not None else None
+            if agent is not None:
+                agent.flows.discard(flow.id)
+        if flow.paired and flow.request is not None:
+            self.pairs.forget(flow.request.stream_id)
+        self.m_active.dec()
+        self.m_duration.observe(self.clock() - flow.started)

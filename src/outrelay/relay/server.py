@@ -1,0 +1,493 @@
+"""The relay process: the asyncio shell around :class:`~outrelay.relay.core.RelayCore`.
+
+It listens for QUIC (``outrelay.transport.serve``), numbers connections, and
+turns transport events into core inputs; the core's actions are applied at
+once, in order, from the same callback, so frames to one stream never
+interleave. Streams the core has handed to a splice are fed to their
+:class:`~outrelay.relay.splice.Splice` instead. Background tasks: controller
+RPCs the core asked for, the UpsertRelay heartbeat, one ``Policy.Watch`` per
+tenant, the audit sender, the opens-per-second gauge, the debug HTTP server
+and the metrics dumper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from outrelay.observe import REGISTRY, DebugServer, Registry, kv, run_dumper
+from outrelay.policy import PolicyEngine
+from outrelay.proto import policy_pb2, registry_pb2
+from outrelay.relay.actions import (
+    Action,
+    CallController,
+    CloseConnection,
+    Grant,
+    OpenStream,
+    ResetStream,
+    Send,
+    StartSplice,
+    StopReading,
+)
+from outrelay.relay.audit import AuditQueue, tenant_of
+from outrelay.relay.config import ConfigError, RelayConfig, split_hostport
+from outrelay.relay.controller_client import ControllerClient
+from outrelay.relay.core import RelayCore
+from outrelay.relay.errors import ControllerError
+from outrelay.relay.policy_watch import PolicyWatcher, TenantWatch
+from outrelay.relay.splice import SPLICE_ABORTED, Splice
+from outrelay.transport import (
+    ConnectionClosed,
+    Event,
+    HandshakeVerified,
+    Link,
+    SendCapacityAvailable,
+    Server,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+    TransportConfig,
+    TransportError,
+    serve,
+)
+
+log = logging.getLogger("outrelay.relay")
+
+#: UpsertRelay at startup must answer within this (relay.md §1.2).
+UPSERT_TIMEOUT_S = 5.0
+#: Limit of every other unary controller RPC (the reference has none; a hung
+#: controller must not hang an agent's REGISTER or OPEN_STREAM forever).
+CALL_TIMEOUT_S = 10.0
+#: Pause before re-subscribing a broken Policy.Watch (relay.md §16.3).
+WATCH_BACKOFF_S = 2.0
+#: How long start() waits for the first policy snapshots before going ready.
+SYNC_WAIT_S = 5.0
+
+
+class StartError(Exception):
+    """The relay could not start (bind, controller, credentials)."""
+
+
+class Relay:
+    """One running relay; ``start`` then ``stop``."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        metrics: Registry = REGISTRY,
+        client: ControllerClient | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.ready = False
+        self.relay_id = config.relay_id or config.listen
+        self.addresses: dict[str, str] = {}
+        tenants = config.tenants
+        self.engine = PolicyEngine() if tenants else None
+        self.audit = AuditQueue(config.audit_queue, registry=metrics) if tenants else None
+        self.core = RelayCore(
+            self.relay_id, config.region, policy=self.engine, audit=self.audit, metrics=metrics
+        )
+        self.watcher = (
+            PolicyWatcher(tenants, self.engine, self.core.policy_changed)
+            if self.engine is not None
+            else None
+        )
+        self._client = client
+        self._server: Server | None = None
+        self._debug: DebugServer | None = None
+        self._links: dict[int, Link] = {}
+        self._next_conn = 1
+        self._spliced: dict[tuple[int, int], Splice] = {}
+        self._conn_splices: dict[int, set[Splice]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._audit_wake = asyncio.Event()
+        self._synced = asyncio.Event()
+        self.m_opens_rate = metrics.gauge("stream_opens_per_second")
+
+    @property
+    def client(self) -> ControllerClient:
+        assert self._client is not None, "relay not started"
+        return self._client
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind, announce the relay to the controller, start background work.
+
+        Raises:
+            ConfigError: invalid settings or unreadable credentials.
+            StartError: the listener cannot be bound or UpsertRelay failed.
+        """
+        cfg = self.config
+        cfg.check()
+        try:
+            if self._client is None:
+                self._client = ControllerClient(
+                    cfg.controller,
+                    cert=cfg.cert,
+                    key=cfg.key,
+                    ca=cfg.controller_ca or cfg.ca,
+                    server_name=cfg.controller_server_name,
+                    insecure=cfg.insecure_controller,
+                )
+            tconf = TransportConfig(
+                cert=cfg.cert,
+                key=cfg.key,
+                ca=cfg.ca,
+                stream_window=cfg.window,
+                connection_window=cfg.connection_window,
+                idle_timeout=cfg.idle_timeout,
+                keepalive=cfg.keepalive,
+            )
+            tconf.quic_configuration(is_client=False)  # loads cert and key: fail early
+        except (OSError, ValueError, TransportError) as exc:
+            raise ConfigError(f"credentials: {exc}") from None
+        host, port = split_hostport(cfg.listen, "listen")
+        try:
+            self._server = await serve(host, port, tconf, self._on_link)
+        except (OSError, TransportError, ValueError) as exc:
+            raise StartError(f"listen {cfg.listen}: {exc}") from None
+        bound_host, bound_port = self._server.address
+        quic = f"{bound_host}:{bound_port}"
+        self.addresses["quic"] = quic
+        self.advertise = cfg.advertise or quic
+        try:
+            await self._upsert(UPSERT_TIMEOUT_S)
+        except ControllerError as exc:
+            await self._close_server()
+            raise StartError(f"UpsertRelay to {cfg.controller}: {exc.reason}") from None
+        log.info(
+            "relay listening",
+            extra=kv(quic=quic, relay_id=self.relay_id, tenants=",".join(cfg.tenants)),
+        )
+        self._spawn(self._heartbeat())
+        self._spawn(self._opens_rate())
+        if self.watcher is not None:
+            for watch in self.watcher.tenants.values():
+                self._spawn(self._watch(watch))
+        else:
+            self._synced.set()
+        if self.audit is not None:
+            self.audit.notify = self._audit_wake.set
+            self._spawn(self._audit_sender())
+        if cfg.debug_listen:
+            self._debug = DebugServer(self.metrics, ready=lambda: self.ready)
+            try:
+                dhost, dport = await self._debug.start(*split_hostport(cfg.debug_listen, "debug"))
+                self.addresses["debug"] = f"{dhost}:{dport}"
+            except OSError as exc:
+                log.warning("debug server not started", extra=kv(err=str(exc)))
+                self._debug = None
+        if cfg.metrics_dump:
+            self._spawn(run_dumper(self.metrics, cfg.metrics_dump, cfg.metrics_interval))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SYNC_WAIT_S):
+                await self._synced.wait()
+        if not self._synced.is_set():
+            log.warning("policy snapshot not received yet; serving with what we have")
+        self.ready = True
+        if cfg.ready_file:
+            _write_ready(cfg.ready_file, {**self.addresses, "relay_id": self.relay_id})
+
+    async def stop(self) -> None:
+        """Deregister agents, close every connection, stop background work. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.ready = False
+        log.info("relay stopping")
+        if self._client is not None and self._server is not None:
+            calls = [
+                self.client.call(
+                    "DeregisterAgent",
+                    registry_pb2.DeregisterAgentRequest(
+                        tenant=tenant_of(uri), agent_uri=uri, relay_id=self.relay_id
+                    ),
+                    timeout=2.0,
+                )
+                for uri in self.core.local.uris()
+            ]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    await asyncio.gather(*calls, return_exceptions=True)
+        for splice in list(self._spliced.values()):
+            splice.abort()
+        await self._close_server()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._debug is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._debug.close(), 2.0)
+            self._debug = None
+        if self._client is not None:
+            await self._client.close()
+        log.info("relay stopped")
+
+    async def _close_server(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        self._server = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- transport events -------------------------------------------------------
+
+    def _on_link(self, link: Link) -> None:
+        conn = self._next_conn
+        self._next_conn += 1
+        self._links[conn] = link
+        link.on_event = functools.partial(self._on_event, conn)
+
+    def _on_event(self, conn: int, link: Link, event: Event) -> None:
+        kind = type(event)
+        if kind is StreamDataReceived:
+            assert isinstance(event, StreamDataReceived)
+            splice = self._spliced.get((conn, event.stream_id))
+            if splice is not None:
+                splice.data(link, event.stream_id, event.data, event.end_stream)
+            else:
+                self._apply(
+                    self.core.stream_data(conn, event.stream_id, event.data, event.end_stream)
+                )
+        elif kind is SendCapacityAvailable:
+            assert isinstance(event, SendCapacityAvailable)
+            splice = self._spliced.get((conn, event.stream_id))
+            if splice is not None:
+                splice.drained(link, event.stream_id, event.drained)
+        elif kind is StreamReset or kind is StopSendingReceived:
+            assert isinstance(event, StreamReset | StopSendingReceived)
+            splice = self._spliced.get((conn, event.stream_id))
+            if splice is None:
+                self._apply(self.core.stream_aborted(conn, event.stream_id))
+            elif kind is StreamReset:
+                splice.reset(link, event.stream_id, event.error_code)
+            else:
+                splice.stop_sending(link, event.stream_id, event.error_code)
+        elif kind is HandshakeVerified:
+            assert isinstance(event, HandshakeVerified)
+            self._apply(self.core.connection_verified(conn, event.peer_uri, link.addr))
+        elif kind is ConnectionClosed:
+            for splice in list(self._conn_splices.get(conn, ())):
+                splice.connection_closed(link)
+            self._links.pop(conn, None)
+            self._apply(self.core.connection_closed(conn))
+
+    # -- core actions -----------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                self._apply_one(action)
+            except TransportError as exc:
+                log.debug("action failed", extra=kv(action=type(action).__name__, err=str(exc)))
+
+    def _apply_one(self, action: Action) -> None:
+        kind = type(action)
+        if kind is CallController:
+            assert isinstance(action, CallController)
+            if not self._stopping:
+                self._spawn(self._call(action))
+            return
+        if kind is OpenStream:
+            assert isinstance(action, OpenStream)
+            self._open_stream(action)
+            return
+        if kind is StartSplice:
+            assert isinstance(action, StartSplice)
+            self._start_splice(action)
+            return
+        link = self._links.get(action.conn)  # type: ignore[attr-defined]
+        if link is None:
+            return
+        if kind is Send:
+            assert isinstance(action, Send)
+            link.send(action.stream, action.data, action.fin)
+        elif kind is Grant:
+            assert isinstance(action, Grant)
+            link.grant(action.stream, action.n)
+        elif kind is StopReading:
+            assert isinstance(action, StopReading)
+            link.stop_stream(action.stream, action.code)
+        elif kind is ResetStream:
+            assert isinstance(action, ResetStream)
+            link.reset_stream(action.stream, action.code or SPLICE_ABORTED)
+            link.stop_stream(action.stream, action.code or SPLICE_ABORTED)
+        elif kind is CloseConnection:
+            assert isinstance(action, CloseConnection)
+            link.close(action.code, action.reason)
+
+    def _open_stream(self, action: OpenStream) -> None:
+        link = self._links.get(action.conn)
+        try:
+            if link is None:
+                raise TransportError("provider connection is gone")
+            stream = link.open_stream()
+            link.send(stream, action.data)
+        except TransportError as exc:
+            log.warning("provider stream open failed", extra=kv(err=str(exc)))
+            self._apply(self.core.stream_open_failed(action.token))
+            return
+        self._apply(self.core.stream_opened(action.token, stream))
+
+    def _start_splice(self, action: StartSplice) -> None:
+        a, b = action.a, action.b
+        la, lb = self._links.get(a.conn), self._links.get(b.conn)
+        if la is None or lb is None:
+            for link, leg in ((la, a), (lb, b)):
+                if link is not None:
+                    with contextlib.suppress(TransportError):
+                        link.reset_stream(leg.stream, SPLICE_ABORTED)
+                        link.stop_stream(leg.stream, SPLICE_ABORTED)
+            self._apply(self.core.splice_ended(action.flow))
+            return
+
+        def ended(splice: Splice) -> None:
+            for key in ((a.conn, a.stream), (b.conn, b.stream)):
+                if self._spliced.get(key) is splice:
+                    del self._spliced[key]
+            for c in (a.conn, b.conn):
+                self._conn_splices.get(c, set()).discard(splice)
+                if not self._conn_splices.get(c, True):
+                    del self._conn_splices[c]
+            self._apply(self.core.splice_ended(action.flow))
+
+        splice = Splice(la, a.stream, lb, b.stream, on_end=ended, metrics=self.metrics)
+        self._spliced[(a.conn, a.stream)] = splice
+        self._spliced[(b.conn, b.stream)] = splice
+        self._conn_splices.setdefault(a.conn, set()).add(splice)
+        self._conn_splices.setdefault(b.conn, set()).add(splice)
+        if a.pending or a.fin:
+            splice.data(la, a.stream, a.pending, a.fin)
+        if (b.pending or b.fin) and not splice.ended:
+            splice.data(lb, b.stream, b.pending, b.fin)
+
+    # -- background work --------------------------------------------------------
+
+    async def _call(self, action: CallController) -> None:
+        try:
+            response = await self.client.call(action.method, action.request, CALL_TIMEOUT_S)
+        except ControllerError as err:
+            if action.token is None:
+                log.warning(f"{action.method} failed", extra=kv(err=err.reason))
+            else:
+                self._apply(self.core.controller_failed(action.token, err))
+            return
+        if action.token is not None:
+            self._apply(self.core.controller_replied(action.token, response))
+
+    async def _upsert(self, timeout: float) -> None:
+        request = registry_pb2.UpsertRelayRequest(
+            id=self.relay_id, region=self.config.region, endpoint=self.advertise
+        )
+        await self.client.call("UpsertRelay", request, timeout)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            try:
+                await self._upsert(UPSERT_TIMEOUT_S)
+            except ControllerError as exc:
+                log.warning("relay heartbeat failed", extra=kv(err=exc.reason))
+
+    async def _opens_rate(self) -> None:
+        opens = self.core.m_opens
+        last = opens.value
+        while True:
+            await asyncio.sleep(1.0)
+            now = opens.value
+            self.m_opens_rate.set(now - last)
+            last = now
+
+    async def _watch(self, watch: TenantWatch) -> None:
+        request = policy_pb2.WatchPoliciesRequest(tenant=watch.tenant)
+        while True:
+            try:
+                call = self.client.policy.Watch(request)
+                watch.subscribed()
+                async for event in call:
+                    if watch.apply(event) and self.watcher is not None and self.watcher.synced:
+                        self._synced.set()
+                log.warning("policy watch ended", extra=kv(tenant=watch.tenant))
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "policy watch failed",
+                    extra=kv(tenant=watch.tenant, code=str(exc.code()), err=exc.details()),
+                )
+            await asyncio.sleep(WATCH_BACKOFF_S)
+
+    async def _audit_sender(self) -> None:
+        assert self.audit is not None
+        dropped = self.metrics.counter("audit_dropped")
+        while True:
+            await self._audit_wake.wait()
+            self._audit_wake.clear()
+            while batch := self.audit.take():
+                try:
+                    await self.client.record(batch)
+                    self.audit.sent.add(len(batch))
+                except ControllerError as exc:
+                    dropped.add(len(batch))
+                    log.warning("audit send failed", extra=kv(n=len(batch), err=exc.reason))
+
+
+def _write_ready(path: str, info: dict[str, str]) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, target)  # readers never see a half-written file
+
+
+async def serve_until(config: RelayConfig, stop: asyncio.Event) -> None:
+    """Run a relay until ``stop`` is set (raises like :meth:`Relay.start`)."""
+    relay = Relay(config)
+    try:
+        await relay.start()
+        await stop.wait()
+    finally:
+        await relay.stop()
+
+
+def run(config: RelayConfig, *, on_signal: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM (the ``outrelay relay`` command).
+
+    Raises ConfigError or StartError when the relay cannot start.
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+
+            def handle(signum: int = signum) -> None:
+                log.info("relay: signal received", extra=kv(signal=signal.Signals(signum).name))
+                if on_signal is not None:
+                    on_signal(signum)
+                stop.set()
+
+            loop.add_signal_handler(signum, handle)
+        await serve_until(config, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,139 @@
+"""The relay process's life: no-policy mode, clean SIGTERM, start-up failures."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.orp import FrameType
+from outrelay.proto import registry_pb2 as rp
+from outrelay.proto import registry_pb2_grpc as rg
+from outrelay.relay.testing import ProbeAgent, RelayProcess, close_all, echo_provider
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    work = tmp_path_factory.mktemp("relayproc")
+    proc = ControllerProcess(work, dev_pki(work / "pki"))
+    try:
+        yield proc.start()
+    finally:
+        proc.kill()
+
+
+def _relay(ctl: ControllerProcess, *args: str, controller: str | None = None) -> RelayProcess:
+    pki = ctl.pki
+    return RelayProcess(
+        ctl.workdir,
+        cert=pki / "relay-r1.crt",
+        key=pki / "relay-r1.key",
+        ca=pki / "ca.crt",
+        controller=controller or ctl.target,
+        args=list(args),
+        name=f"relay-{time.monotonic_ns()}",
+    )
+
+
+def test_no_policy_splice_then_sigterm_deregisters(ctl: ControllerProcess) -> None:  # A1
+    relay = _relay(ctl, "--relay-id", "relay-test")
+    pki = ctl.pki
+    try:
+        relay.start()
+
+        async def main() -> None:
+            try:
+                ca = pki / "ca.crt"
+                provider = await ProbeAgent.dial(
+                    relay.quic, pki / "agent-provider.crt", pki / "agent-provider.key", ca
+                )
+                assert (await provider.hello()).type == FrameType.HELLO_ACK
+                assert (await provider.register("svc-echo")).type == FrameType.REGISTER_ACK
+                task = asyncio.create_task(echo_provider(provider))
+                consumer = await ProbeAgent.dial(
+                    relay.quic, pki / "agent-consumer.crt", pki / "agent-consumer.key", ca
+                )
+                assert (await consumer.hello()).type == FrameType.HELLO_ACK
+                stream = consumer.open("svc-echo")
+                stream.write(b"hello via relay")
+                assert await stream.read_exactly(15, timeout=3) == b"hello via relay"
+                task.cancel()
+            finally:
+                await close_all()
+
+        asyncio.run(asyncio.wait_for(main(), 30))
+        assert relay.stop() == 0
+        assert "relay stopped" in relay.log()
+    finally:
+        relay.kill()
+
+
+def test_sigterm_deregisters_connected_agents(ctl: ControllerProcess) -> None:
+    relay = _relay(ctl, "--relay-id", "relay-stop")
+    pki = ctl.pki
+    reg = rg.RegistryStub(ctl.channel("admin"))
+    req = rp.ResolveRequest(tenant="acme", service_name="svc-stop")
+    try:
+        relay.start()
+
+        async def main() -> None:
+            try:
+                agent = await ProbeAgent.dial(
+                    relay.quic,
+                    pki / "agent-provider.crt",
+                    pki / "agent-provider.key",
+                    pki / "ca.crt",
+                )
+                assert (await agent.hello()).type == FrameType.HELLO_ACK
+                assert (await agent.register("svc-stop")).type == FrameType.REGISTER_ACK
+                assert reg.Resolve(req, timeout=5).providers
+                stopped = await asyncio.to_thread(relay.stop)
+                assert stopped == 0
+                await agent.wait_closed()
+            finally:
+                await close_all()
+
+        asyncio.run(asyncio.wait_for(main(), 30))
+        assert not reg.Resolve(req, timeout=5).providers
+    finally:
+        relay.kill()
+
+
+def test_controller_unreachable_exits_1(ctl: ControllerProcess, tmp_path: Path) -> None:
+    relay = _relay(ctl, controller="127.0.0.1:1")
+    with pytest.raises(RuntimeError, match="exited 1") as info:
+        relay.start(timeout=30)
+    assert "UpsertRelay" in str(info.value)
+
+
+def test_missing_credentials_exit_2(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "outrelay", "relay", "--cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "--key, --ca required" in out.stderr
+
+
+def test_unreadable_certificate_exit_2(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "outrelay", "relay", "--cert", "a", "--key", "b", "--ca", "c"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "credentials" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,43 @@
+"""``outrelay relay`` option parsing (no process started)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from outrelay.cli import cli
+from outrelay.cli.relay import SIZE
+from outrelay.relay.config import ConfigError, RelayConfig
+
+
+@pytest.mark.parametrize(
+    ("text", "n"), [("65536", 65536), ("64KiB", 65536), ("1MiB", 1 << 20), ("16m", 16 << 20)]
+)
+def test_size(text: str, n: int) -> None:
+    assert SIZE.convert(text, None, None) == n
+
+
+def test_missing_credentials_is_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["relay"], env={})
+    assert result.exit_code == 2
+    assert "--cert, --key, --ca required" in result.output
+
+
+def test_bad_window_is_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["relay", "--window", "lots"])
+    assert result.exit_code == 2 and "invalid size" in result.output
+
+
+def test_env_var_sets_option() -> None:
+    result = CliRunner().invoke(cli, ["relay"], env={"OUTRELAY_RELAY_CERT": "x.pem"})
+    assert result.exit_code == 2
+    assert "--key, --ca required" in result.output
+
+
+def test_config_tenants_and_checks() -> None:
+    assert RelayConfig(tenant=" acme, beta,,acme").tenants == ["acme", "beta"]
+    with pytest.raises(ConfigError):
+        RelayConfig(cert="c", key="k", ca="a", listen="nope").check()
+    with pytest.raises(ConfigError):
+        RelayConfig(cert="c", key="k", ca="a", window=2 << 20, connection_window=1 << 20).check()
+    RelayConfig(cert="c", key="k", ca="a").check()
