@@ -1,0 +1,79 @@
+"""Transport configuration and its translation to aioquic's ``QuicConfiguration``."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+
+from aioquic.quic.configuration import QuicConfiguration
+
+#: ALPN token of ORP v1 (wire.md §7.2).
+ALPN = "orp/1"
+MiB = 1024 * 1024
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How one endpoint speaks QUIC: its credentials, the peer's CA and the limits.
+
+    Defaults are wire.md §7.2's (idle timeout 10 s, keepalive 3 s) and the
+    relay/agent issue's windows (1 MiB per stream, 16 MiB per connection).
+    """
+
+    #: PEM certificate (chain) we present; required for a server, and for a
+    #: client talking to a server that requires mTLS.
+    cert: PathLike | None
+    #: PEM private key of ``cert``.
+    key: PathLike | None
+    #: PEM bundle of CAs the peer's certificate must chain to.
+    ca: PathLike | None
+    alpn: str = ALPN
+    #: Seconds without any packet after which the connection is dropped.
+    idle_timeout: float = 10.0
+    #: Send a PING after this many seconds without receiving anything (0: never).
+    keepalive: float = 3.0
+    #: Receive window per stream: bytes the peer may send beyond what we consumed.
+    stream_window: int = MiB
+    #: Receive window per connection, over all streams.
+    connection_window: int = 16 * MiB
+    #: Name the client checks in the server's certificate (wire.md §7.3).
+    server_name: str = "localhost"
+    #: Verify the peer's certificate (server: require and verify a client cert).
+    verify_peer: bool = True
+    #: Server only: refuse a client certificate without a URI SAN.
+    require_uri: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stream_window <= 0 or self.connection_window <= 0:
+            raise ValueError("transport: windows must be positive")
+        if self.idle_timeout <= 0:
+            raise ValueError("transport: idle_timeout must be positive")
+        if self.keepalive < 0:
+            raise ValueError("transport: keepalive must not be negative")
+
+    def quic_configuration(self, *, is_client: bool) -> QuicConfiguration:
+        """The aioquic configuration for one side of a connection."""
+        quic = QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=[self.alpn],
+            idle_timeout=self.idle_timeout,
+            max_data=self.connection_window,
+            max_stream_data=self.stream_window,
+            server_name=self.server_name if is_client else None,
+        )
+        if self.cert is not None:
+            quic.load_cert_chain(self.cert, self.key)
+        if is_client:
+            if self.verify_peer:
+                if self.ca is None:
+                    raise ValueError("transport: a verifying client needs a CA bundle")
+                quic.load_verify_locations(cafile=os.fspath(self.ca))
+                quic.verify_mode = ssl.CERT_REQUIRED
+            else:
+                quic.verify_mode = ssl.CERT_NONE
+        elif self.cert is None:
+            raise ValueError("transport: a server needs a certificate and key")
+        return quic

@@ -1,0 +1,197 @@
+"""OrpConnection in memory: verification gate, fixed windows, send-buffer reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from outrelay.transport import (
+    CRYPTO_ERROR_BASE,
+    ConnectionClosed,
+    HandshakeVerified,
+    MiB,
+    SendCapacityAvailable,
+    StreamClosedError,
+    StreamDataReceived,
+    StreamReset,
+)
+
+from .conftest import PKI
+from .pair import Pair
+
+pytestmark = pytest.mark.dataplane
+
+
+def _verified(pair: Pair) -> bool:
+    return pair.client.verified and pair.server.verified
+
+
+def _of(events: list, kind: type) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def _received(events: list, stream_id: int) -> int:
+    return sum(len(e.data) for e in _of(events, StreamDataReceived) if e.stream_id == stream_id)
+
+
+def _quiesce(pair: Pair, seconds: float = 2.0) -> None:
+    start = pair.now
+    while pair.now - start < seconds:
+        if not pair.step():
+            pair.advance()
+
+
+def test_handshake_verifies_both_sides_and_reads_identity(pki: PKI) -> None:
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    (server_side,) = _of(pair.server_events, HandshakeVerified)
+    assert server_side.peer_uri == pki.client.uri
+    assert server_side.peer_cert == pki.client.cert
+    assert server_side.peer_chain[-1] == pki.ca.cert
+    assert server_side.alpn == "orp/1"
+    (client_side,) = _of(pair.client_events, HandshakeVerified)
+    assert client_side.peer_uri == "outrelay://eu/relay/r1"
+
+
+def test_client_event_waits_for_server_confirmation(pki: PKI) -> None:
+    pair = Pair(pki.client_config(), pki.server_config())
+    # The client completes TLS one flight before the server accepts it.
+    pair.run(lambda: pair.server.verified)
+    assert pair.client.verified is False or _of(pair.client_events, HandshakeVerified)
+    pair.run(lambda: pair.client.verified)
+
+
+@pytest.mark.parametrize(
+    ("case", "alert"),
+    [
+        ("no_cert", 116),
+        ("self_signed", 48),
+        ("other_ca", 48),
+        ("expired", 45),
+        ("no_client_auth", 43),
+        ("no_uri", 42),
+    ],
+)
+def test_bad_client_refused_before_any_stream(pki: PKI, case: str, alert: int) -> None:
+    if case == "no_cert":
+        config = pki.anonymous_config()
+    else:
+        leaf = {
+            "self_signed": lambda: pki.ca.self_signed("ss"),
+            "other_ca": lambda: pki.other_ca.issue("foreign"),
+            "expired": lambda: pki.ca.expired("old"),
+            "no_client_auth": lambda: pki.ca.without_client_auth("srvonly"),
+            "no_uri": lambda: pki.ca.issue("nouri", uri=None),
+        }[case]()
+        config = pki.client_config(leaf)
+    pair = Pair(config, pki.server_config())
+    # A hostile client pushes stream data as soon as its own TLS side is done,
+    # without waiting for confirmation.
+    sent = False
+
+    def push() -> bool:
+        nonlocal sent
+        if not sent and pair.client._quic._handshake_complete:
+            pair.client._quic.send_stream_data(0, b"let me in", end_stream=True)
+            sent = True
+        return pair.client.closed and pair.server.closed
+
+    pair.run(push)
+    assert sent
+    assert not _of(pair.server_events, HandshakeVerified)
+    assert not _of(pair.server_events, StreamDataReceived)
+    assert not _of(pair.client_events, HandshakeVerified)
+    (closed,) = _of(pair.client_events, ConnectionClosed)
+    assert closed.error_code == CRYPTO_ERROR_BASE + alert
+    assert closed.by_us is False
+    assert closed.reason
+    (server_closed,) = _of(pair.server_events, ConnectionClosed)
+    assert server_closed.by_us is True
+
+
+def test_receive_window_stays_fixed_until_granted(pki: PKI) -> None:
+    window = 256 * 1024
+    pair = Pair(pki.client_config(stream_window=window), pki.server_config(stream_window=window))
+    pair.run(lambda: _verified(pair))
+    sid = pair.client.open_stream()
+    pair.client.send(sid, b"x" * (4 * window))
+    pair.run(lambda: _received(pair.server_events, sid) >= window)
+    _quiesce(pair)  # more time must not bring more data: the window does not double
+    assert _received(pair.server_events, sid) == window
+    assert pair.server.unconsumed(sid) == window
+    assert pair.server.receive_limits(sid)[0] == window
+    assert pair.client.send_buffered(sid) == 3 * window
+
+    assert pair.server.grant(sid, 10 * window) == window  # clamped to what was delivered
+    pair.run(lambda: _received(pair.server_events, sid) == 2 * window)
+    assert pair.server.receive_limits(sid)[0] == 2 * window
+
+
+def test_connection_window_bounds_all_streams(pki: PKI) -> None:
+    server_cfg = pki.server_config(stream_window=MiB, connection_window=MiB + MiB // 2)
+    pair = Pair(pki.client_config(), server_cfg)
+    pair.run(lambda: _verified(pair))
+    sids = [pair.client.open_stream() for _ in range(3)]
+    for sid in sids:
+        pair.client.send(sid, b"y" * MiB)
+    pair.run(lambda: sum(_received(pair.server_events, s) for s in sids) >= MiB + MiB // 2)
+    _quiesce(pair)
+    total = sum(_received(pair.server_events, sid) for sid in sids)
+    assert total == MiB + MiB // 2
+    assert pair.server.receive_limits(sids[0])[1] == MiB + MiB // 2
+    for sid in sids:
+        pair.server.grant(sid, pair.server.unconsumed(sid))
+    pair.run(lambda: sum(_received(pair.server_events, s) for s in sids) == 3 * MiB)
+
+
+def test_send_capacity_reports_acknowledged_bytes(pki: PKI) -> None:
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    sid = pair.client.open_stream()
+    pair.client.send(sid, b"z" * 100_000, end_stream=True)
+    assert pair.client.send_buffered(sid) == 100_000
+    pair.run(lambda: pair.client.send_buffered(sid) == 0)
+    drained = _of(pair.client_events, SendCapacityAvailable)
+    assert sum(e.drained for e in drained) == 100_000
+    assert drained[-1].buffered == 0
+
+
+def test_reset_returns_connection_credit(pki: PKI) -> None:
+    server_cfg = pki.server_config(stream_window=MiB, connection_window=MiB)
+    pair = Pair(pki.client_config(), server_cfg)
+    pair.run(lambda: _verified(pair))
+    first = pair.client.open_stream()
+    pair.client.send(first, b"a" * MiB)
+    pair.run(lambda: _received(pair.server_events, first) == MiB)
+    pair.client.reset_stream(first, 7)
+    pair.run(lambda: bool(_of(pair.server_events, StreamReset)))
+    assert _of(pair.server_events, StreamReset)[0].error_code == 7
+    # Never granted, but the reset gave the connection credit back.
+    second = pair.client.open_stream()
+    pair.client.send(second, b"b" * 1000)
+    pair.run(lambda: _received(pair.server_events, second) == 1000)
+    with pytest.raises(StreamClosedError):
+        pair.client.send(first, b"more")
+
+
+def test_keepalive_outlives_idle_timeout(pki: PKI) -> None:
+    pair = Pair(
+        pki.client_config(idle_timeout=1.0, keepalive=0.3),
+        pki.server_config(idle_timeout=1.0, keepalive=0.3),
+    )
+    pair.run(lambda: _verified(pair))
+    start = pair.now
+    pair.run(lambda: pair.now - start > 5.0)
+    assert not pair.client.closed and not pair.server.closed
+
+
+def test_idle_timeout_without_keepalive(pki: PKI) -> None:
+    pair = Pair(
+        pki.client_config(idle_timeout=1.0, keepalive=0),
+        pki.server_config(idle_timeout=1.0, keepalive=0),
+    )
+    pair.run(lambda: _verified(pair))
+    start = pair.now
+    pair.run(lambda: pair.client.closed and pair.server.closed)
+    assert 0.9 < pair.now - start < 2.0
+    (closed,) = _of(pair.client_events, ConnectionClosed)
+    assert "Idle timeout" in closed.reason
