@@ -130,6 +130,30 @@ REGISTRY_MESSAGES: dict[str, Fields] = {
     ],
     "UpsertRelayRequest": [(1, "id", "string"), (2, "region", "string"), (3, "endpoint", "string")],
     "UpsertRelayResponse": [],
+    "ListServicesRequest": [(1, "tenant", "string")],
+    "ListServicesResponse": [(1, "services", "repeated ServiceEntry")],
+    "ServiceEntry": [
+        (1, "service_name", "string"),
+        (2, "service_id", "string"),
+        (3, "created_at_unix_ms", "int64"),
+        (4, "providers", "repeated ProviderStatus"),
+    ],
+    "ProviderStatus": [
+        (1, "provider", "Provider"),
+        (2, "relay_region", "string"),
+        (3, "relay_last_heartbeat_unix_ms", "int64"),
+        (4, "live", "bool"),
+        (5, "agent_last_seen_unix_ms", "int64"),
+    ],
+    "ListRelaysRequest": [],
+    "ListRelaysResponse": [(1, "relays", "repeated RelayEntry")],
+    "RelayEntry": [
+        (1, "id", "string"),
+        (2, "region", "string"),
+        (3, "endpoint", "string"),
+        (4, "last_heartbeat_unix_ms", "int64"),
+        (5, "live", "bool"),
+    ],
 }
 
 # control.md §4.
@@ -235,6 +259,8 @@ SERVICES: dict[str, Methods] = {
         "Resolve": ("ResolveRequest", "ResolveResponse", False),
         "Watch": ("WatchRequest", "WatchEvent", True),
         "UpsertRelay": ("UpsertRelayRequest", "UpsertRelayResponse", False),
+        "ListServices": ("ListServicesRequest", "ListServicesResponse", False),
+        "ListRelays": ("ListRelaysRequest", "ListRelaysResponse", False),
     },
     "Policy": {
         "AddPolicy": ("AddPolicyRequest", "AddPolicyResponse", False),
@@ -429,6 +455,8 @@ def test_grpc_method_paths() -> None:
     grpc_mod.RegistryStub(Channel())
     assert ("unary_stream", "/outrelay.control.v1.Registry/Watch") in seen
     assert ("unary_unary", "/outrelay.control.v1.Registry/RegisterService") in seen
+    assert ("unary_unary", "/outrelay.control.v1.Registry/ListServices") in seen
+    assert ("unary_unary", "/outrelay.control.v1.Registry/ListRelays") in seen
 
 
 # --------------------------------------------------------------------------

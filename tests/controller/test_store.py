@@ -83,6 +83,43 @@ def test_stale_relay_excluded_unknown_relay_kept(store: Store, clock: Clock) -> 
     assert len(store.list_providers("acme")) == 3
 
 
+def test_list_services_groups_providers_with_heartbeat_and_last_seen(
+    store: Store, clock: Clock
+) -> None:
+    store.upsert_relay("r-eu", "eu", "eu:1")
+    created = clock.now
+    store.register_provider("acme", "web", "a2", "r-eu", "10.0.0.2:80")
+    clock.now += 5
+    store.register_provider("acme", "web", "a1", "ghost", "")
+    store.register_provider("acme", "db", "a1", "ghost", "")
+    store.register_provider("other", "web", "x", "r-eu", "")
+    # a service row without providers still lists (with none)
+    store.connection.execute(
+        "INSERT INTO services (id, tenant, name, created_at_unix_ms) "
+        "VALUES ('acme/idle', 'acme', 'idle', 1)"
+    )
+    got = store.list_services("acme")
+    assert [(s.name, s.service_id) for s in got] == [
+        ("db", "acme/db"),
+        ("idle", "acme/idle"),
+        ("web", "acme/web"),
+    ]
+    web = got[2]
+    assert web.created_at_unix_ms == created and web.tenant == "acme"
+    assert [p.row.agent_uri for p in web.providers] == ["a1", "a2"]
+    a1, a2 = web.providers
+    assert (a1.row.relay_endpoint, a1.row.relay_region, a1.relay_last_heartbeat_unix_ms) == (
+        "",
+        "",
+        0,
+    )
+    assert a1.agent_last_seen_unix_ms == clock.now
+    assert (a2.row.relay_endpoint, a2.row.relay_region) == ("eu:1", "eu")
+    assert a2.relay_last_heartbeat_unix_ms == created and a2.row.local_addr == "10.0.0.2:80"
+    assert got[1].providers == ()
+    assert store.list_services("nobody") == []
+
+
 def test_deregister_matches_all_three(store: Store) -> None:
     store.register_provider("acme", "web", "a1", "r1", "")
     store.register_provider("acme", "db", "a1", "r1", "")

@@ -126,9 +126,10 @@ def test_policy_add_list_remove(ctl: ControllerProcess) -> None:
             "--expires",
             "soon",
         ],
-        ["policy", "list"],
+        ["policy", "remove", "--tenant", "acme"],
         ["audit", "query", "--tenant", "acme", "--limit", "-1"],
-        ["registry", "list", "--tenant", "acme"],
+        ["registry", "list", "-o", "yaml"],
+        ["relays", "list", "--tenant", "acme"],
     ],
 )
 def test_usage_errors_exit_2(ctl: ControllerProcess, args: list[str]) -> None:
@@ -136,20 +137,61 @@ def test_usage_errors_exit_2(ctl: ControllerProcess, args: list[str]) -> None:
 
 
 def test_server_side_validation_exit_1(ctl: ControllerProcess) -> None:
+    res = run(ctl, "policy", "add", "--caller", "*", "--target", "a\nb", "--decision", "allow")
+    assert res.exit_code == 1 and "INVALID_ARGUMENT: rule.target_pattern" in res.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["policy", "list", "--tenant", "globex"],
+        ["policy", "remove", "--tenant", "globex", "--id", "x"],
+        [
+            "policy",
+            "add",
+            "--tenant",
+            "globex",
+            "--caller",
+            "*",
+            "--target",
+            "*",
+            "--decision",
+            "allow",
+        ],
+        ["audit", "query", "--tenant", "globex"],
+        ["registry", "list", "--tenant", "globex"],
+    ],
+)
+def test_other_tenant_is_refused(ctl: ControllerProcess, args: list[str]) -> None:
+    res = run(ctl, *args)
+    assert res.exit_code == 1
+    assert res.output == (
+        "Error: PERMISSION_DENIED: "
+        f"{'rule.tenant' if args[1] == 'add' else 'tenant'}: outrelay://acme/admin/admin "
+        "may only use its own tenant 'acme', not 'globex'\n"
+    )
+
+
+def test_tenant_defaults_to_the_certificate(ctl: ControllerProcess) -> None:
     res = run(
         ctl,
         "policy",
         "add",
-        "--tenant",
-        "Not A Tenant",
         "--caller",
         "*",
         "--target",
-        "*",
+        "dflt",
         "--decision",
         "allow",
+        "--id",
+        "d1",
     )
-    assert res.exit_code == 1 and "INVALID_ARGUMENT: rule.tenant" in res.output
+    assert res.exit_code == 0 and res.output == "d1\n"
+    rows = json.loads(run(ctl, "policy", "list", "-o", "json").output)
+    assert "d1" in [r["id"] for r in rows]
+    assert run(ctl, "policy", "remove", "--id", "d1").output == "removed\n"
+    res = run(ctl, "policy", "remove", "--id", "d1")
+    assert res.exit_code == 1 and "no such policy 'd1' in your tenant" in res.output
 
 
 def test_wrong_role_is_reported(ctl: ControllerProcess) -> None:
@@ -204,12 +246,17 @@ def test_audit_and_registry(ctl: ControllerProcess) -> None:
             ),
             timeout=5,
         )
-        rg.RegistryStub(ch).RegisterService(
-            rp.RegisterServiceRequest(
-                tenant="acme", service_name="web", agent_uri="a1", relay_id="r1"
-            ),
-            timeout=5,
+        reg = rg.RegistryStub(ch)
+        reg.UpsertRelay(
+            rp.UpsertRelayRequest(id="r1", region="acme", endpoint="r1:7443"), timeout=5
         )
+        for name, agent, rid in (("web", "a1", "r1"), ("web", "a0", "r1"), ("db", "d1", "r1")):
+            reg.RegisterService(
+                rp.RegisterServiceRequest(
+                    tenant="acme", service_name=name, agent_uri=agent, relay_id=rid
+                ),
+                timeout=5,
+            )
     rows = json.loads(run(ctl, "audit", "query", "--tenant", "acme", "-o", "json").output)
     assert [r["caller"] for r in rows] == ["c2", "c1"] and rows[0]["decision"] == "deny"
     lines = run(ctl, "audit", "query", "--tenant", "acme", "--caller", "c1").output.splitlines()
@@ -217,8 +264,38 @@ def test_audit_and_registry(ctl: ControllerProcess) -> None:
     rows = json.loads(
         run(ctl, "registry", "list", "--tenant", "acme", "--service", "web", "-o", "json").output
     )
-    assert [r["agent_uri"] for r in rows] == ["a1"]
-    assert run(ctl, "relays", "list").exit_code == 1
+    assert [(r["service"], r["agent_uri"], r["relay_id"]) for r in rows] == [
+        ("web", "a0", "r1"),
+        ("web", "a1", "r1"),
+    ]
+    assert rows[0]["relay_region"] == "acme" and rows[0]["relay_endpoint"] == "r1:7443"
+    assert rows[0]["live"] is True and rows[0]["status"] == "live"
+    assert rows[0]["service_id"] == "acme/web" and rows[0]["updated_at_unix_ms"] > 0
+    table = run(ctl, "registry", "list").output.splitlines()  # tenant from the certificate
+    assert table[0].split() == [
+        "SERVICE",
+        "AGENT_URI",
+        "RELAY_ID",
+        "RELAY_REGION",
+        "STATUS",
+        "UPDATED",
+    ]
+    assert [line.split()[:5] for line in table[1:]] == [
+        ["db", "d1", "r1", "acme", "live"],
+        ["web", "a0", "r1", "acme", "live"],
+        ["web", "a1", "r1", "acme", "live"],
+    ]
+    relays = json.loads(run(ctl, "relays", "list", "-o", "json").output)
+    assert [(r["id"], r["region"], r["endpoint"], r["status"]) for r in relays] == [
+        ("r1", "acme", "r1:7443", "live")
+    ]
+    assert relays[0]["live"] is True and relays[0]["last_heartbeat_unix_ms"] > 0
+    table = run(ctl, "relays", "list").output.splitlines()
+    assert table[0].split() == ["ID", "REGION", "ENDPOINT", "STATUS", "LAST_HEARTBEAT"]
+    assert table[1].split()[:4] == ["r1", "acme", "r1:7443", "live"]
+    # the relay role may not list
+    res = run(ctl, "relays", "list", role="relay")
+    assert res.exit_code == 1 and "PERMISSION_DENIED" in res.output
 
 
 def test_follow_yields_each_event_once() -> None:

@@ -4,8 +4,13 @@ Each talks to the controller over mTLS as an operator (an ``admin`` leaf):
 ``--controller HOST:PORT`` and ``--cert/--key/--ca`` (or ``OUTRELAY_CONTROLLER``,
 ``OUTRELAY_CERT``, ``OUTRELAY_KEY``, ``OUTRELAY_CA``); ``--insecure`` talks
 plaintext to a controller started with ``--insecure``. ``--output`` picks a
-table (default) or JSON. An RPC error prints ``error: CODE: details`` and
+table (default) or JSON. An RPC error prints ``Error: CODE: details`` and
 exits 1; a usage error exits 2.
+
+``--tenant`` may be left out: the controller then uses the tenant of the
+operator certificate (an operator may only name its own tenant anyway). A
+controller run with ``--insecure`` has no certificate to read it from and
+needs ``--tenant``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from outrelay.cli.controller import DURATION
 F = TypeVar("F", bound=Callable[..., Any])
 
 RPC_TIMEOUT = 10.0
+
+TENANT_HELP = "Tenant (default: the tenant of the operator certificate)."
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,7 @@ def _rule_row(rule: Any) -> dict[str, Any]:
 
 
 @policy.command("add")
-@click.option("--tenant", required=True)
+@click.option("--tenant", default="", help=TENANT_HELP)
 @click.option("--caller", required=True, help="Caller identity glob (* matches anything).")
 @click.option("--target", required=True, help="Target service glob.")
 @click.option("--method", default="", help="Method glob; empty matches any.")
@@ -202,7 +209,7 @@ def policy_add(**kw: Any) -> None:
 
 
 @policy.command("list")
-@click.option("--tenant", required=True)
+@click.option("--tenant", default="", help=TENANT_HELP)
 @client_options
 @rpc_errors
 def policy_list(**kw: Any) -> None:
@@ -220,7 +227,7 @@ def policy_list(**kw: Any) -> None:
 
 
 @policy.command("remove")
-@click.option("--tenant", required=True)
+@click.option("--tenant", default="", help=TENANT_HELP)
 @click.option("--id", "rule_id", required=True)
 @client_options
 @rpc_errors
@@ -235,7 +242,8 @@ def policy_remove(**kw: Any) -> None:
             pb.RemovePolicyRequest(tenant=kw["tenant"], id=kw["rule_id"]), timeout=RPC_TIMEOUT
         )
     if not resp.removed:
-        fail(f"no such policy {kw['rule_id']!r} in tenant {kw['tenant']!r}")
+        where = f"tenant {kw['tenant']!r}" if kw["tenant"] else "your tenant"
+        fail(f"no such policy {kw['rule_id']!r} in {where}")
     click.echo(json.dumps({"removed": True}) if cfg.output == "json" else "removed")
 
 
@@ -288,7 +296,7 @@ def follow_events(
 
 
 @audit.command("query")
-@click.option("--tenant", required=True)
+@click.option("--tenant", default="", help=TENANT_HELP)
 @click.option("--caller", default="", help="Exact caller filter.")
 @click.option("--target", default="", help="Exact target filter.")
 @click.option("--since", type=DURATION, default=0.0, help="Only events newer than this (e.g. 1h).")
@@ -347,40 +355,62 @@ def _print_line(cfg: ClientConfig, row: dict[str, Any], columns: Sequence[str]) 
 
 @click.group()
 def registry() -> None:
-    """Inspect service providers."""
+    """Inspect services and their providers."""
+
+
+def _provider_rows(service: Any) -> list[dict[str, Any]]:
+    base = {"service": service.service_name, "service_id": service.service_id}
+    if not service.providers:
+        return [
+            {
+                **base,
+                "agent_uri": "-",
+                "relay_id": "-",
+                "relay_region": "-",
+                "relay_endpoint": "-",
+                "local_addr": "",
+                "status": "-",
+                "live": False,
+                "updated": "-",
+                "updated_at_unix_ms": 0,
+            }
+        ]
+    return [
+        {
+            **base,
+            "agent_uri": s.provider.agent_uri,
+            "relay_id": s.provider.relay_id,
+            "relay_region": s.relay_region or "-",
+            "relay_endpoint": s.provider.relay_endpoint or "-",
+            "local_addr": s.provider.local_addr,
+            "status": "live" if s.live else "stale",
+            "live": s.live,
+            "updated": _ms_to_text(s.provider.updated_at_unix_ms),
+            "updated_at_unix_ms": s.provider.updated_at_unix_ms,
+        }
+        for s in service.providers
+    ]
 
 
 @registry.command("list")
-@click.option("--tenant", required=True)
-@click.option("--service", required=True, help="Service name to resolve.")
-@click.option("--region", default="", help="Caller region (same-region providers first).")
+@click.option("--tenant", default="", help=TENANT_HELP)
+@click.option("--service", default="", help="Only this service.")
 @client_options
 @rpc_errors
 def registry_list(**kw: Any) -> None:
-    """List the live providers of a service, in Resolve order."""
+    """List the tenant's services, one line per provider (stale ones included)."""
     from outrelay.proto import registry_pb2 as pb
     from outrelay.proto import registry_pb2_grpc as pb_grpc
 
     cfg = _client(kw)
     with open_channel(cfg) as ch:
-        resp = pb_grpc.RegistryStub(ch).Resolve(
-            pb.ResolveRequest(
-                tenant=kw["tenant"], service_name=kw["service"], caller_region=kw["region"]
-            ),
-            timeout=RPC_TIMEOUT,
+        resp = pb_grpc.RegistryStub(ch).ListServices(
+            pb.ListServicesRequest(tenant=kw["tenant"]), timeout=RPC_TIMEOUT
         )
-    rows = [
-        {
-            "service_id": p.service_id,
-            "agent_uri": p.agent_uri,
-            "relay_id": p.relay_id,
-            "relay_endpoint": p.relay_endpoint,
-            "local_addr": p.local_addr,
-            "updated": _ms_to_text(p.updated_at_unix_ms),
-        }
-        for p in resp.providers
-    ]
-    emit(cfg, rows, ("service_id", "agent_uri", "relay_id", "relay_endpoint", "updated"))
+    services = [s for s in resp.services if not kw["service"] or s.service_name == kw["service"]]
+    rows = [row for s in services for row in _provider_rows(s)]
+    columns = ("service", "agent_uri", "relay_id", "relay_region", "status", "updated")
+    emit(cfg, rows, columns)
 
 
 @click.group()
@@ -390,10 +420,25 @@ def relays() -> None:
 
 @relays.command("list")
 @client_options
+@rpc_errors
 def relays_list(**kw: Any) -> None:
-    """List relays and their last heartbeat (needs a ListRelays RPC)."""
-    _client(kw)
-    fail(
-        "relays list: the controller API has no ListRelays RPC yet; "
-        "use the database (SELECT * FROM relays) or the controller log"
-    )
+    """List every relay with its last heartbeat and whether it is live or stale."""
+    from outrelay.proto import registry_pb2 as pb
+    from outrelay.proto import registry_pb2_grpc as pb_grpc
+
+    cfg = _client(kw)
+    with open_channel(cfg) as ch:
+        resp = pb_grpc.RegistryStub(ch).ListRelays(pb.ListRelaysRequest(), timeout=RPC_TIMEOUT)
+    rows = [
+        {
+            "id": r.id,
+            "region": r.region or "-",
+            "endpoint": r.endpoint,
+            "status": "live" if r.live else "stale",
+            "live": r.live,
+            "last_heartbeat": _ms_to_text(r.last_heartbeat_unix_ms),
+            "last_heartbeat_unix_ms": r.last_heartbeat_unix_ms,
+        }
+        for r in resp.relays
+    ]
+    emit(cfg, rows, ("id", "region", "endpoint", "status", "last_heartbeat"))

@@ -5,6 +5,11 @@ provide one service; Resolve returns every live provider, same region first
 and then most recently registered; a relay whose last UpsertRelay heartbeat
 is older than ``stale_after`` has its providers left out; requests without
 a tenant are INVALID_ARGUMENT; a slow watcher ends with RESOURCE_EXHAUSTED.
+
+OutRelay extensions for operators: ListServices (every service of a tenant
+with all providers, stale ones flagged) and ListRelays (every relay with a
+live/stale flag). Who may name which tenant or relay id is decided before
+the handler runs, in ``controller/auth.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from outrelay.controller.base import (
     stream_errors,
 )
 from outrelay.controller.hub import Hub, HubClosed, WatcherDropped
-from outrelay.controller.store import ProviderRow, now_ms
+from outrelay.controller.store import ListedProvider, ProviderRow, RelayRow, ServiceRow, now_ms
 from outrelay.identity import valid_label
 from outrelay.observe import kv
 from outrelay.proto import registry_pb2 as pb
@@ -48,6 +53,39 @@ def provider_pb(row: ProviderRow) -> pb.Provider:
         local_addr=row.local_addr,
         updated_at_unix_ms=row.updated_at_unix_ms,
         relay_endpoint=row.relay_endpoint,
+    )
+
+
+def service_entry_pb(service: ServiceRow, stale_before_ms: int) -> pb.ServiceEntry:
+    """The wire form of a listed service; ``stale_before_ms`` decides liveness."""
+
+    def status(p: ListedProvider) -> pb.ProviderStatus:
+        heartbeat = p.relay_last_heartbeat_unix_ms
+        return pb.ProviderStatus(
+            provider=provider_pb(p.row),
+            relay_region=p.row.relay_region,
+            relay_last_heartbeat_unix_ms=heartbeat,
+            # as Resolve: a relay that never sent a heartbeat does not hide its providers
+            live=heartbeat == 0 or heartbeat >= stale_before_ms,
+            agent_last_seen_unix_ms=p.agent_last_seen_unix_ms,
+        )
+
+    return pb.ServiceEntry(
+        service_name=service.name,
+        service_id=service.service_id,
+        created_at_unix_ms=service.created_at_unix_ms,
+        providers=[status(p) for p in service.providers],
+    )
+
+
+def relay_entry_pb(relay: RelayRow, stale_before_ms: int) -> pb.RelayEntry:
+    """The wire form of a relay; live if its last heartbeat is not older than the bound."""
+    return pb.RelayEntry(
+        id=relay.id,
+        region=relay.region,
+        endpoint=relay.endpoint,
+        last_heartbeat_unix_ms=relay.last_heartbeat_unix_ms,
+        live=relay.last_heartbeat_unix_ms >= stale_before_ms,
     )
 
 
@@ -154,6 +192,26 @@ class RegistryService(pb_grpc.RegistryServicer):
             extra=kv(relay_id=request.id, region=request.region, endpoint=request.endpoint),
         )
         return pb.UpsertRelayResponse()
+
+    @rpc_errors("registry_list_services")
+    async def ListServices(  # noqa: N802
+        self, request: pb.ListServicesRequest, context: Any
+    ) -> pb.ListServicesResponse:
+        tenant = require_tenant(request.tenant)
+        services = await self._db.call(self._db.store.list_services, tenant)
+        stale_before = self._clock() - self._stale_after_ms
+        log.debug("registry: services listed", extra=kv(tenant=tenant, service_count=len(services)))
+        return pb.ListServicesResponse(
+            services=[service_entry_pb(s, stale_before) for s in services]
+        )
+
+    @rpc_errors("registry_list_relays")
+    async def ListRelays(  # noqa: N802
+        self, request: pb.ListRelaysRequest, context: Any
+    ) -> pb.ListRelaysResponse:
+        relays = await self._db.call(self._db.store.list_relays)
+        stale_before = self._clock() - self._stale_after_ms
+        return pb.ListRelaysResponse(relays=[relay_entry_pb(r, stale_before) for r in relays])
 
     @stream_errors
     async def Watch(  # noqa: N802

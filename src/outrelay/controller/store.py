@@ -87,6 +87,34 @@ class RelayRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedProvider:
+    """A provider as an operator lists it (ListServices)."""
+
+    #: the provider, as Resolve would return it
+    row: ProviderRow
+    #: last UpsertRelay of its relay, ms since the epoch (0 if never)
+    relay_last_heartbeat_unix_ms: int
+    #: the agent's last RegisterService of any service, ms since the epoch
+    agent_last_seen_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRow:
+    """One service of a tenant and all its providers."""
+
+    #: ``<tenant>/<service_name>``
+    service_id: str
+    #: tenant of the service
+    tenant: str
+    #: service name
+    name: str
+    #: first registration, ms since the epoch
+    created_at_unix_ms: int
+    #: providers by agent URI, stale ones included
+    providers: tuple[ListedProvider, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRow:
     """One audit event."""
 
@@ -339,6 +367,27 @@ class Store:
             self._PROVIDER_COLUMNS + where + "ORDER BY s.tenant, s.name, p.agent_uri", args
         )
         return [ProviderRow(*row) for row in rows]
+
+    def list_services(self, tenant: str) -> list[ServiceRow]:
+        """Every service of ``tenant`` by name, each with all its providers."""
+        rows = self._read(
+            "SELECT s.id, s.tenant, s.name, s.created_at_unix_ms, p.agent_uri, p.relay_id, "
+            "p.local_addr, p.updated_at_unix_ms, COALESCE(r.endpoint, ''), "
+            "COALESCE(r.region, ''), COALESCE(r.last_heartbeat_unix_ms, 0), "
+            "COALESCE(a.last_seen_unix_ms, 0) "
+            "FROM services s LEFT JOIN providers p ON p.service_id = s.id "
+            "LEFT JOIN relays r ON r.id = p.relay_id LEFT JOIN agents a ON a.uri = p.agent_uri "
+            "WHERE s.tenant = ? ORDER BY s.name, p.agent_uri",
+            (tenant,),
+        )
+        services: dict[str, tuple[tuple[str, str, str, int], list[ListedProvider]]] = {}
+        for sid, ten, name, created, agent, relay, addr, updated, ep, region, hb, seen in rows:
+            _, providers = services.setdefault(sid, ((sid, ten, name, created), []))
+            if agent is None:  # a service without providers (LEFT JOIN)
+                continue
+            row = ProviderRow(sid, ten, name, agent, relay, addr, updated, ep, region)
+            providers.append(ListedProvider(row, hb, seen))
+        return [ServiceRow(*head, tuple(providers)) for head, providers in services.values()]
 
     def upsert_relay(self, relay_id: str, region: str, endpoint: str) -> RelayRow:
         """Record a relay and its heartbeat (now)."""

@@ -3,7 +3,10 @@
 ``dev_pki(dir)`` writes a dev bundle (``outrelay pki dev``); ``ControllerProcess``
 starts ``python -m outrelay controller`` on ephemeral ports with a real
 database file, waits for its ``--ready-file`` with a deadline, and hands out
-mTLS channels per role. Always ``stop()``/``kill()`` it in a finalizer.
+mTLS channels per role — a dev-bundle leaf by name (``"admin"``, ``"relay"``)
+or any identity URI (``"outrelay://other/admin/ops"``), whose leaf is then
+issued by the bundle's CA on first use. Always ``stop()``/``kill()`` it in a
+finalizer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from typing import Any
 
 import grpc
 
+from outrelay.identity import parse
+from outrelay.pki.ca import CA, cert_pem
+from outrelay.pki.csr import key_pem
 from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
+from outrelay.pki.files import write_private, write_public
 
 #: leaf name -> (cert file, key file) inside a dev bundle
 LEAVES = {
@@ -102,15 +109,30 @@ class ControllerProcess:
         """Everything the process wrote so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def leaf(self, role: str) -> tuple[Path, Path]:
+        """(cert, key) files of a dev-bundle leaf name or of an identity URI.
+
+        A URI's leaf is issued by the bundle's CA the first time it is asked for.
+        """
+        if "://" not in role:
+            cert_name, key_name = LEAVES[role]
+            return self.pki / cert_name, self.pki / key_name
+        identity = parse(role)
+        stem = f"extra-{identity.role}-{identity.tenant}-{identity.id}"
+        cert_path, key_path = self.pki / f"{stem}.crt", self.pki / f"{stem}.key"
+        if not cert_path.exists():
+            key, cert = CA.load(self.pki).issue(identity)
+            write_private(key_path, key_pem(key))
+            write_public(cert_path, cert_pem(cert))
+        return cert_path, key_path
+
     def credentials(self, role: str | None) -> grpc.ChannelCredentials:
         """Channel credentials with the leaf of ``role`` (None: no client certificate)."""
         ca = (self.pki / "ca.crt").read_bytes()
         if role is None:
             return grpc.ssl_channel_credentials(ca)
-        cert, key = LEAVES[role]
-        return grpc.ssl_channel_credentials(
-            ca, (self.pki / key).read_bytes(), (self.pki / cert).read_bytes()
-        )
+        cert, key = self.leaf(role)
+        return grpc.ssl_channel_credentials(ca, key.read_bytes(), cert.read_bytes())
 
     def channel(
         self, role: str | None = "admin", *, target: str | None = None, **opts: Any

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1doutrelay/proto/registry.proto\x12\x13outrelay.control.v1\"w\n\x16RegisterServiceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\x12\x11\n\tagent_uri\x18\x03 \x01(\t\x12\x10\n\x08relay_id\x18\x04 \x01(\t\x12\x12\n\nlocal_addr\x18\x05 \x01(\t\"-\n\x17RegisterServiceResponse\x12\x12\n\nservice_id\x18\x01 \x01(\t\"M\n\x16\x44\x65registerAgentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tagent_uri\x18\x02 \x01(\t\x12\x10\n\x08relay_id\x18\x03 \x01(\t\"\x19\n\x17\x44\x65registerAgentResponse\"M\n\x0eResolveRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\x12\x15\n\rcaller_region\x18\x03 \x01(\t\"\x8b\x01\n\x08Provider\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x11\n\tagent_uri\x18\x02 \x01(\t\x12\x10\n\x08relay_id\x18\x03 \x01(\t\x12\x12\n\nlocal_addr\x18\x04 \x01(\t\x12\x1a\n\x12updated_at_unix_ms\x18\x05 \x01(\x03\x12\x16\n\x0erelay_endpoint\x18\x06 \x01(\t\"C\n\x0fResolveResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.outrelay.control.v1.Provider\"5\n\x0cWatchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rservice_names\x18\x02 \x03(\t\"\x81\x01\n\nWatchEvent\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.outrelay.control.v1.EventKind\x12/\n\x08provider\x18\x02 \x01(\x0b\x32\x1d.outrelay.control.v1.Provider\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\"B\n\x12UpsertRelayRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x15\n\x13UpsertRelayResponse*[\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_REGISTER\x10\x01\x12\x19\n\x15\x45VENT_KIND_DEREGISTER\x10\x02\x32\xed\x03\n\x08Registry\x12l\n\x0fRegisterService\x12+.outrelay.control.v1.RegisterServiceRequest\x1a,.outrelay.control.v1.RegisterServiceResponse\x12l\n\x0f\x44\x65registerAgent\x12+.outrelay.control.v1.DeregisterAgentRequest\x1a,.outrelay.control.v1.DeregisterAgentResponse\x12T\n\x07Resolve\x12#.outrelay.control.v1.ResolveRequest\x1a$.outrelay.control.v1.ResolveResponse\x12M\n\x05Watch\x12!.outrelay.control.v1.WatchRequest\x1a\x1f.outrelay.control.v1.WatchEvent0\x01\x12`\n\x0bUpsertRelay\x12\'.outrelay.control.v1.UpsertRelayRequest\x1a(.outrelay.control.v1.UpsertRelayResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1doutrelay/proto/registry.proto\x12\x13outrelay.control.v1\"w\n\x16RegisterServiceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\x12\x11\n\tagent_uri\x18\x03 \x01(\t\x12\x10\n\x08relay_id\x18\x04 \x01(\t\x12\x12\n\nlocal_addr\x18\x05 \x01(\t\"-\n\x17RegisterServiceResponse\x12\x12\n\nservice_id\x18\x01 \x01(\t\"M\n\x16\x44\x65registerAgentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tagent_uri\x18\x02 \x01(\t\x12\x10\n\x08relay_id\x18\x03 \x01(\t\"\x19\n\x17\x44\x65registerAgentResponse\"M\n\x0eResolveRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\t\x12\x15\n\rcaller_region\x18\x03 \x01(\t\"\x8b\x01\n\x08Provider\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x11\n\tagent_uri\x18\x02 \x01(\t\x12\x10\n\x08relay_id\x18\x03 \x01(\t\x12\x12\n\nlocal_addr\x18\x04 \x01(\t\x12\x1a\n\x12updated_at_unix_ms\x18\x05 \x01(\x03\x12\x16\n\x0erelay_endpoint\x18\x06 \x01(\t\"C\n\x0fResolveResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.outrelay.control.v1.Provider\"5\n\x0cWatchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rservice_names\x18\x02 \x03(\t\"\x81\x01\n\nWatchEvent\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.outrelay.control.v1.EventKind\x12/\n\x08provider\x18\x02 \x01(\x0b\x32\x1d.outrelay.control.v1.Provider\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\"B\n\x12UpsertRelayRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\"\x15\n\x13UpsertRelayResponse\"%\n\x13ListServicesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"K\n\x14ListServicesResponse\x12\x33\n\x08services\x18\x01 \x03(\x0b\x32!.outrelay.control.v1.ServiceEntry\"\x8c\x01\n\x0cServiceEntry\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x03 \x01(\x03\x12\x36\n\tproviders\x18\x04 \x03(\x0b\x32#.outrelay.control.v1.ProviderStatus\"\xac\x01\n\x0eProviderStatus\x12/\n\x08provider\x18\x01 \x01(\x0b\x32\x1d.outrelay.control.v1.Provider\x12\x14\n\x0crelay_region\x18\x02 \x01(\t\x12$\n\x1crelay_last_heartbeat_unix_ms\x18\x03 \x01(\x03\x12\x0c\n\x04live\x18\x04 \x01(\x08\x12\x1f\n\x17\x61gent_last_seen_unix_ms\x18\x05 \x01(\x03\"\x13\n\x11ListRelaysRequest\"E\n\x12ListRelaysResponse\x12/\n\x06relays\x18\x01 \x03(\x0b\x32\x1f.outrelay.control.v1.RelayEntry\"h\n\nRelayEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x1e\n\x16last_heartbeat_unix_ms\x18\x04 \x01(\x03\x12\x0c\n\x04live\x18\x05 \x01(\x08*[\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_REGISTER\x10\x01\x12\x19\n\x15\x45VENT_KIND_DEREGISTER\x10\x02\x32\xb1\x05\n\x08Registry\x12l\n\x0fRegisterService\x12+.outrelay.control.v1.RegisterServiceRequest\x1a,.outrelay.control.v1.RegisterServiceResponse\x12l\n\x0f\x44\x65registerAgent\x12+.outrelay.control.v1.DeregisterAgentRequest\x1a,.outrelay.control.v1.DeregisterAgentResponse\x12T\n\x07Resolve\x12#.outrelay.control.v1.ResolveRequest\x1a$.outrelay.control.v1.ResolveResponse\x12M\n\x05Watch\x12!.outrelay.control.v1.WatchRequest\x1a\x1f.outrelay.control.v1.WatchEvent0\x01\x12`\n\x0bUpsertRelay\x12\'.outrelay.control.v1.UpsertRelayRequest\x1a(.outrelay.control.v1.UpsertRelayResponse\x12\x63\n\x0cListServices\x12(.outrelay.control.v1.ListServicesRequest\x1a).outrelay.control.v1.ListServicesResponse\x12]\n\nListRelays\x12&.outrelay.control.v1.ListRelaysRequest\x1a\'.outrelay.control.v1.ListRelaysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outrelay.proto.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=896
-  _globals['_EVENTKIND']._serialized_end=987
+  _globals['_EVENTKIND']._serialized_start=1528
+  _globals['_EVENTKIND']._serialized_end=1619
   _globals['_REGISTERSERVICEREQUEST']._serialized_start=54
   _globals['_REGISTERSERVICEREQUEST']._serialized_end=173
   _globals['_REGISTERSERVICERESPONSE']._serialized_start=175
@@ -55,6 +55,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTRELAYREQUEST']._serialized_end=871
   _globals['_UPSERTRELAYRESPONSE']._serialized_start=873
   _globals['_UPSERTRELAYRESPONSE']._serialized_end=894
-  _globals['_REGISTRY']._serialized_start=990
-  _globals['_REGISTRY']._serialized_end=1483
+  _globals['_LISTSERVICESREQUEST']._serialized_start=896
+  _globals['_LISTSERVICESREQUEST']._serialized_end=933
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=935
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1010
+  _globals['_SERVICEENTRY']._serialized_start=1013
+  _globals['_SERVICEENTRY']._serialized_end=1153
+  _globals['_PROVIDERSTATUS']._serialized_start=1156
+  _globals['_PROVIDERSTATUS']._serialized_end=1328
+  _globals['_LISTRELAYSREQUEST']._serialized_start=1330
+  _globals['_LISTRELAYSREQUEST']._serialized_end=1349
+  _globals['_LISTRELAYSRESPONSE']._serialized_start=1351
+  _globals['_LISTRELAYSRESPONSE']._serialized_end=1420
+  _globals['_RELAYENTRY']._serialized_start=1422
+  _globals['_RELAYENTRY']._serialized_end=1526
+  _globals['_REGISTRY']._serialized_start=1622
+  _globals['_REGISTRY']._serialized_end=2311
 # @@protoc_insertion_point(module_scope)

@@ -113,3 +113,65 @@ class UpsertRelayRequest(_message.Message):
 class UpsertRelayResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceEntry]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceEntry, _Mapping]]] = ...) -> None: ...
+
+class ServiceEntry(_message.Message):
+    __slots__ = ("service_name", "service_id", "created_at_unix_ms", "providers")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    service_id: str
+    created_at_unix_ms: int
+    providers: _containers.RepeatedCompositeFieldContainer[ProviderStatus]
+    def __init__(self, service_name: _Optional[str] = ..., service_id: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., providers: _Optional[_Iterable[_Union[ProviderStatus, _Mapping]]] = ...) -> None: ...
+
+class ProviderStatus(_message.Message):
+    __slots__ = ("provider", "relay_region", "relay_last_heartbeat_unix_ms", "live", "agent_last_seen_unix_ms")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    RELAY_REGION_FIELD_NUMBER: _ClassVar[int]
+    RELAY_LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    provider: Provider
+    relay_region: str
+    relay_last_heartbeat_unix_ms: int
+    live: bool
+    agent_last_seen_unix_ms: int
+    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ..., relay_region: _Optional[str] = ..., relay_last_heartbeat_unix_ms: _Optional[int] = ..., live: _Optional[bool] = ..., agent_last_seen_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListRelaysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRelaysResponse(_message.Message):
+    __slots__ = ("relays",)
+    RELAYS_FIELD_NUMBER: _ClassVar[int]
+    relays: _containers.RepeatedCompositeFieldContainer[RelayEntry]
+    def __init__(self, relays: _Optional[_Iterable[_Union[RelayEntry, _Mapping]]] = ...) -> None: ...
+
+class RelayEntry(_message.Message):
+    __slots__ = ("id", "region", "endpoint", "last_heartbeat_unix_ms", "live")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    region: str
+    endpoint: str
+    last_heartbeat_unix_ms: int
+    live: bool
+    def __init__(self, id: _Optional[str] = ..., region: _Optional[str] = ..., endpoint: _Optional[str] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., live: _Optional[bool] = ...) -> None: ...

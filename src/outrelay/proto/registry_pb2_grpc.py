@@ -59,6 +59,16 @@ class RegistryStub:
                 request_serializer=outrelay_dot_proto_dot_registry__pb2.UpsertRelayRequest.SerializeToString,
                 response_deserializer=outrelay_dot_proto_dot_registry__pb2.UpsertRelayResponse.FromString,
                 _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/outrelay.control.v1.Registry/ListServices',
+                request_serializer=outrelay_dot_proto_dot_registry__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=outrelay_dot_proto_dot_registry__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.ListRelays = channel.unary_unary(
+                '/outrelay.control.v1.Registry/ListRelays',
+                request_serializer=outrelay_dot_proto_dot_registry__pb2.ListRelaysRequest.SerializeToString,
+                response_deserializer=outrelay_dot_proto_dot_registry__pb2.ListRelaysResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -97,6 +107,22 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListServices(self, request, context):
+        """OutRelay extension: every service of one tenant with all its
+        providers, stale ones included (operators; admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRelays(self, request, context):
+        """OutRelay extension: every relay that ever called UpsertRelay and whether
+        its heartbeat is fresh (operators; admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +150,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.UpsertRelay,
                     request_deserializer=outrelay_dot_proto_dot_registry__pb2.UpsertRelayRequest.FromString,
                     response_serializer=outrelay_dot_proto_dot_registry__pb2.UpsertRelayResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=outrelay_dot_proto_dot_registry__pb2.ListServicesRequest.FromString,
+                    response_serializer=outrelay_dot_proto_dot_registry__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'ListRelays': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRelays,
+                    request_deserializer=outrelay_dot_proto_dot_registry__pb2.ListRelaysRequest.FromString,
+                    response_serializer=outrelay_dot_proto_dot_registry__pb2.ListRelaysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +297,60 @@ class Registry:
             '/outrelay.control.v1.Registry/UpsertRelay',
             outrelay_dot_proto_dot_registry__pb2.UpsertRelayRequest.SerializeToString,
             outrelay_dot_proto_dot_registry__pb2.UpsertRelayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrelay.control.v1.Registry/ListServices',
+            outrelay_dot_proto_dot_registry__pb2.ListServicesRequest.SerializeToString,
+            outrelay_dot_proto_dot_registry__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRelays(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrelay.control.v1.Registry/ListRelays',
+            outrelay_dot_proto_dot_registry__pb2.ListRelaysRequest.SerializeToString,
+            outrelay_dot_proto_dot_registry__pb2.ListRelaysResponse.FromString,
             options,
             channel_credentials,
             insecure,
