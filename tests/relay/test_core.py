@@ -153,7 +153,7 @@ def test_register_refused_answers_with_reject() -> None:
     assert frames[-1].type == FrameType.STREAM_REJECT
     rej = orp_pb2.StreamReject.FromString(frames[-1].payload)
     assert (rej.code, rej.reason) == (403, "register rejected: nope")
-    w.controller.fail["RegisterService"] = ControllerError("down", status="UNAVAILABLE")
+    w.controller.fail["RegisterService"] = ControllerError("boom", status="INTERNAL")
     w.data(conn, 0, frame(FrameType.REGISTER, orp_pb2.Register(service_name="svc")))
     rej = orp_pb2.StreamReject.FromString(w.frames(conn, 0)[-1].payload)
     assert rej.code == 503

@@ -171,3 +171,23 @@ def test_audit_queue_bounded() -> None:
     assert q.put(ev) and q.put(ev) and not q.put(ev)
     assert reg.counter("audit_dropped").value == 1
     assert len(q.take(1)) == 1 and len(q.take()) == 1 and q.take() == []
+
+
+def test_audit_requeue_keeps_order_and_bound() -> None:
+    reg = Registry()
+    q = AuditQueue(3, registry=reg)
+    evs = [audit_event(f"c{i}", "svc", "", Decision(Verdict.ALLOW), i) for i in range(4)]
+    q.put(evs[2])
+    q.put(evs[3])
+    q.requeue([evs[0], evs[1]])  # a failed batch goes back in front; one too many
+    assert [e.caller for e in q.take()] == ["c1", "c2", "c3"]
+    assert reg.counter("audit_dropped").value == 1
+
+
+def test_resolve_cache_ttl() -> None:
+    from outrelay.relay.cache import ResolveCache
+
+    cache: ResolveCache[list[str]] = ResolveCache(ttl=30.0)
+    cache.put(("t", "s"), ["p"], 100.0)
+    assert cache.stale(("t", "s"), 130.0) == ["p"]
+    assert cache.stale(("t", "s"), 130.5) is None and len(cache) == 0

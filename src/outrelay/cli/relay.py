@@ -88,6 +88,20 @@ SIZE = Size()
     "--heartbeat", type=DURATION, default="10s", show_default=True, help="UpsertRelay period."
 )
 @click.option(
+    "--resume-window",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="How long a STREAM_RESUME half waits for its partner.",
+)
+@click.option(
+    "--resolve-cache-ttl",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="Age up to which a Resolve answer is used while the controller is unreachable.",
+)
+@click.option(
     "--ready-file",
     default="",
     help='Write {"quic": "HOST:PORT", "debug": …, "relay_id": …} here once serving.',

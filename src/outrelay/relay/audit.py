@@ -3,8 +3,9 @@
 Events wait in a bounded queue (depth 1024, relay.md §16.6). A full queue
 drops the new event and counts it (``audit_dropped``). The asyncio sender
 (``outrelay.relay.server``) takes batches with :meth:`AuditQueue.take` and
-sends them with ``Audit.RecordBatch``; a failed batch is dropped and counted
-too (the reference logs and discards as well).
+sends them with ``Audit.RecordBatch``. A batch the controller does not take
+(it is unreachable) goes back in front of the queue and is sent again when
+the controller answers (the reference discards it); the queue stays bounded.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ class AuditQueue:
         if self.notify is not None:
             self.notify()
         return True
+
+    def requeue(self, events: list[audit_pb2.AuditEvent]) -> None:
+        """Put a batch the controller did not take back in front (oldest first).
+
+        The queue stays bounded: what does not fit is dropped and counted,
+        oldest first.
+        """
+        self._queue.extendleft(reversed(events))
+        while len(self._queue) > self.depth:
+            self._queue.popleft()
+            self.dropped.inc()
+        self._depth_gauge.set(len(self._queue))
 
     def take(self, limit: int = BATCH) -> list[audit_pb2.AuditEvent]:
         """Remove and return up to ``limit`` events, oldest first."""

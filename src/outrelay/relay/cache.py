@@ -6,7 +6,9 @@ is never older than the last rule the relay saw. Soft cap 65 536 entries: a
 put at the cap first purges expired entries and, if still full, evicts up to
 8 192 of the oldest-inserted ones (the reference evicts arbitrary ones).
 
-Time is passed in (monotonic seconds); the cache never reads a clock.
+``ResolveCache`` keeps the last good Resolve answer per service for when the
+controller is unreachable. Time is passed in (monotonic seconds); the caches
+never read a clock.
 """
 
 from __future__ import annotations
@@ -56,3 +58,43 @@ class DecisionCache(Generic[V]):
     def flush(self) -> None:
         """Forget everything."""
         self._entries.clear()
+
+
+#: How long a Resolve answer may stand in for the controller (``--resolve-cache-ttl``).
+RESOLVE_TTL_S = 30.0
+
+
+class ResolveCache(Generic[V]):
+    """The last good Resolve answer per (tenant, service), for controller outages.
+
+    Every successful Resolve refreshes its entry; a fresh answer is always
+    asked for and used. Only when the controller *fails* (unreachable,
+    timeout) does the core fall back to :meth:`stale`, and only to an answer
+    younger than ``ttl``. Size-capped like the decision cache (oldest first).
+    """
+
+    def __init__(self, ttl: float = RESOLVE_TTL_S, cap: int = SOFT_CAP) -> None:
+        self.ttl = ttl
+        self.cap = cap
+        self._entries: dict[tuple[str, str], tuple[V, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: tuple[str, str], value: V, now: float) -> None:
+        """Remember the answer ``value`` got at ``now``."""
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.cap:
+            for k in list(self._entries)[: max(1, self.cap // 8)]:
+                del self._entries[k]
+        self._entries[key] = (value, now)
+
+    def stale(self, key: tuple[str, str], now: float) -> V | None:
+        """The last answer if it is younger than ``ttl``, else None (and dropped)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now - entry[1] > self.ttl:
+            del self._entries[key]
+            return None
+        return entry[0]

@@ -70,6 +70,10 @@ class RelayConfig:
     #: QUIC idle timeout and keepalive, seconds (wire.md §7.2).
     idle_timeout: float = 10.0
     keepalive: float = 3.0
+    #: Seconds a STREAM_RESUME half waits for its partner (relay.md §8).
+    resume_window: float = 30.0
+    #: Seconds a Resolve answer may stand in for an unreachable controller.
+    resolve_cache_ttl: float = 30.0
 
     @property
     def tenants(self) -> list[str]:
@@ -95,3 +99,7 @@ class RelayConfig:
             raise ConfigError("--connection-window must be at least --window")
         if self.heartbeat <= 0:
             raise ConfigError("--heartbeat must be positive")
+        if self.resume_window <= 0:
+            raise ConfigError("--resume-window must be positive")
+        if self.resolve_cache_ttl < 0:
+            raise ConfigError("--resolve-cache-ttl must not be negative")

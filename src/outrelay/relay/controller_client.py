@@ -21,6 +21,10 @@ from outrelay.proto import (
 )
 from outrelay.relay.errors import ControllerError
 
+#: gRPC channel reconnect backoff, first and largest (milliseconds).
+RECONNECT_INITIAL_MS = 100
+RECONNECT_MAX_MS = 500
+
 
 def error_of(exc: grpc.aio.AioRpcError) -> ControllerError:
     """The ControllerError for a failed RPC."""
@@ -47,7 +51,13 @@ class ControllerClient:
         Raises:
             OSError: a certificate, key or CA file cannot be read.
         """
-        options: list[tuple[str, Any]] = []
+        # Reconnect quickly after a controller outage (gRPC's default backoff
+        # grows to 120 s): a watch waiting for the channel resumes within
+        # about half a second of the controller coming back.
+        options: list[tuple[str, Any]] = [
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+        ]
         if insecure:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         else:

@@ -38,6 +38,17 @@ The agent path (relay.md §3-§7, §11, §12):
    both control streams -> splice. Bytes the consumer (or provider) sends
    after its opening frame are kept, ungranted, and handed to the splice.
 
+4. A data stream whose first frame is STREAM_RESUME or MIGRATE_TO_RELAY is a
+   resume *half* for :class:`~resume.ResumeMatcher` (relay.md §8-§9). When
+   two halves match, both echoes are written, the pair is recorded (so
+   checkpoints for the resumed stream are routable), then one StartSplice.
+   A half that waits out the window (``timer``) or is refused ends with a
+   STREAM_REJECT (504 / 409 / 403).
+
+Controller outages: a Resolve that fails as unreachable falls back to the
+last good answer (``ResolveCache``); a REGISTER is acknowledged and kept;
+``controller_back`` re-sends registrations and failed deregistrations.
+
 Refusals are :class:`~errors.RelayError` subclasses carrying their reject
 code; ``_reject`` is the one place they become STREAM_REJECT frames.
 """
@@ -83,20 +94,31 @@ from outrelay.relay.actions import (
     StopReading,
 )
 from outrelay.relay.audit import AuditQueue, audit_event, tenant_of
-from outrelay.relay.cache import DecisionCache
+from outrelay.relay.cache import RESOLVE_TTL_S, DecisionCache, ResolveCache
 from outrelay.relay.errors import (
+    TRANSIENT,
     BadGateway,
     Collision,
     ControllerError,
     Denied,
     NotFound,
     RelayError,
+    ResumeExpired,
     Unavailable,
     register_refusal,
     reject_frame,
 )
 from outrelay.relay.pairs import PairTable
 from outrelay.relay.registry import LocalAgents, ProviderChooser
+from outrelay.relay.resume import (
+    RESUME_WINDOW_S,
+    Half,
+    HalfExpired,
+    HalfRefused,
+    HalvesMatched,
+    MatchEvent,
+    ResumeMatcher,
+)
 
 log = logging.getLogger("outrelay.relay")
 
@@ -157,6 +179,7 @@ class _Phase(enum.IntEnum):
     ANSWER = 3  # waiting for the provider's STREAM_ACCEPT / STREAM_REJECT
     SPLICED = 4  # the shell's splice owns both streams
     DONE = 5
+    RESUMING = 6  # a STREAM_RESUME / MIGRATE_TO_RELAY half waiting for its partner
 
 
 @dataclass(eq=False)
@@ -178,6 +201,10 @@ class _Agent:
     #: data streams that arrived before HELLO_ACK: stream -> [(data, fin)]
     held_streams: dict[int, list[tuple[bytes, bool]]] = field(default_factory=dict)
     flows: set[int] = field(default_factory=set)
+    #: the REGISTER at the controller right now
+    registering: registry_pb2.RegisterServiceRequest | None = None
+    #: desired registrations of this connection: service name -> local_addr
+    services: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -199,10 +226,23 @@ class _Flow:
     provider_stream: int | None = None
     provider_opening: _Opening = field(default_factory=_Opening)
     provider_fin: bool = False
-    paired: bool = False
+    #: stream id recorded in the pair table for this flow (0: none)
+    pair_id: int = 0
     opened_at: float = 0.0
+    #: the resume half this flow submitted (STREAM_RESUME / MIGRATE_TO_RELAY)
+    half: Half | None = None
     #: (conn, stream) keys of this flow in the core's stream index
     keys: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _echo(stream_id: int, partner: Half) -> bytes:
+    """STREAM_RESUME carrying the partner's counters (relay.md §8 step 4)."""
+    msg = orp_pb2.StreamResume(
+        stream_id=stream_id,
+        my_position=partner.my_position,
+        peer_ack_position=partner.peer_ack_position,
+    )
+    return encode_message(FrameType.STREAM_RESUME, msg)
 
 
 def _wall_ms() -> int:
@@ -228,6 +268,8 @@ class RelayCore:
         metrics: Registry = REGISTRY,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = _wall_ms,
+        resume_window: float = RESUME_WINDOW_S,
+        resolve_ttl: float = RESOLVE_TTL_S,
     ) -> None:
         self.relay_id = relay_id
         self.region = region
@@ -239,6 +281,12 @@ class RelayCore:
         self.local = LocalAgents()
         self.chooser = ProviderChooser(relay_id, self.local)
         self.pairs = PairTable()
+        self.matcher = ResumeMatcher(resume_window)
+        self.resolved: ResolveCache[list[registry_pb2.Provider]] = ResolveCache(resolve_ttl)
+        #: (tenant, agent URI) whose DeregisterAgent failed for want of a controller
+        self._deregs: set[tuple[str, str]] = set()
+        self._dereg_tokens: dict[int, tuple[str, str]] = {}
+        self._reregs: dict[int, registry_pb2.RegisterServiceRequest] = {}
         self._agents: dict[int, _Agent] = {}
         self._flows: dict[int, _Flow] = {}
         self._streams: dict[tuple[int, int], _Flow] = {}
@@ -257,6 +305,12 @@ class RelayCore:
         self.m_eval = m.histogram("policy_eval_duration")
         self.m_hits = m.counter("policy_cache_hits")
         self.m_misses = m.counter("policy_cache_misses")
+        self.m_resumed = m.counter("resume_matched")
+        self.m_resume_timeouts = m.counter("resume_timeouts")
+        self.m_resume_refused = m.counter("resume_refused")
+        self.m_resume_pending = m.gauge("resume_pending")
+        self.m_stale = m.counter("resolve_stale_served")
+        self.m_deferred = m.counter("controller_deferred")
 
     # -- introspection (tests, debug) -------------------------------------
 
@@ -334,17 +388,44 @@ class RelayCore:
             self.m_agents.dec()
             if self.local.remove(agent.uri, conn):
                 log.info("agent disconnected", extra=kv(agent=agent.uri))
-                actions.append(
-                    CallController(
-                        None,
-                        "DeregisterAgent",
-                        registry_pb2.DeregisterAgentRequest(
-                            tenant=agent.identity.tenant,
-                            agent_uri=agent.uri,
-                            relay_id=self.relay_id,
-                        ),
-                    )
+                actions.append(self._deregister(agent.identity.tenant, agent.uri))
+        return actions
+
+    def _deregister(self, tenant: str, uri: str) -> CallController:
+        token = self._token("deregister", 0)
+        self._dereg_tokens[token] = (tenant, uri)
+        request = registry_pb2.DeregisterAgentRequest(
+            tenant=tenant, agent_uri=uri, relay_id=self.relay_id
+        )
+        return CallController(token, "DeregisterAgent", request)
+
+    def controller_back(self) -> list[Action]:
+        """The controller answers again after an outage: re-send the desired state.
+
+        Deregistrations that failed are sent again, then every registration
+        of every connected agent (RegisterService is an upsert, so a
+        registration the controller kept is simply refreshed, and one it lost
+        -- or never got, see ``controller_failed`` -- is restored).
+        """
+        actions: list[Action] = []
+        deregs, self._deregs = self._deregs, set()
+        for tenant, uri in sorted(deregs):
+            if uri not in self.local:
+                actions.append(self._deregister(tenant, uri))
+        for agent in self._agents.values():
+            if not agent.hello_done or self.local.get(agent.uri) != agent.conn:
+                continue
+            for name, local_addr in sorted(agent.services.items()):
+                token = self._token("reregister", agent.conn)
+                request = registry_pb2.RegisterServiceRequest(
+                    tenant=agent.identity.tenant,
+                    service_name=name,
+                    agent_uri=agent.uri,
+                    relay_id=self.relay_id,
+                    local_addr=local_addr,
                 )
+                self._reregs[token] = request
+                actions.append(CallController(token, "RegisterService", request))
         return actions
 
     def _refuse(self, conn: int, reason: str) -> list[Action]:
@@ -463,6 +544,9 @@ class RelayCore:
             return self._refuse(conn, "HELLO uri mismatch")
         agent.hello_done = True
         self.local.add(agent.uri, conn)
+        # back before the controller was: its old registrations must not be
+        # deregistered later, over the ones it is about to replay
+        self._deregs.discard((agent.identity.tenant, agent.uri))
         self.m_agents.inc()
         log.info("agent connected", extra=kv(agent=agent.uri, conn=conn))
         actions: list[Action] = [
@@ -492,6 +576,7 @@ class RelayCore:
                 relay_id=self.relay_id,
                 local_addr=reg.local_addr,
             )
+            agent.registering = request
             return [CallController(token, "RegisterService", request)]
         if ftype == FrameType.PING:
             return [Send(conn, CONTROL_STREAM, encode_frame(FrameType.PONG))]
@@ -550,22 +635,37 @@ class RelayCore:
         if entry is None:
             return []
         kind, ref, _ = entry
+        if kind in ("deregister", "reregister"):
+            self._dereg_tokens.pop(token, None)
+            self._reregs.pop(token, None)
+            return []
         if kind == "register":
             agent = self._agents.get(ref)
             if agent is None or agent.refused:
                 return []
-            agent.busy = False
             assert isinstance(response, registry_pb2.RegisterServiceResponse)
-            ack = orp_pb2.RegisterAck(service_id=response.service_id)
-            actions: list[Action] = [
-                Send(ref, CONTROL_STREAM, encode_message(FrameType.REGISTER_ACK, ack))
-            ]
-            return actions + self._resume_control(agent)
+            return self._registered(agent, response.service_id)
         flow = self._flows.get(ref)
         if flow is None or flow.phase is not _Phase.RESOLVING:
             return []
         assert isinstance(response, registry_pb2.ResolveResponse)
-        return self._resolved(flow, list(response.providers))
+        providers = list(response.providers)
+        req = flow.request
+        assert req is not None
+        key = (tenant_of(flow.consumer_uri), req.target_service)
+        self.resolved.put(key, providers, self.clock())
+        return self._resolved(flow, providers)
+
+    def _registered(self, agent: _Agent, service_id: str) -> list[Action]:
+        request, agent.registering = agent.registering, None
+        agent.busy = False
+        if request is not None:
+            agent.services[request.service_name] = request.local_addr
+        ack = orp_pb2.RegisterAck(service_id=service_id)
+        actions: list[Action] = [
+            Send(agent.conn, CONTROL_STREAM, encode_message(FrameType.REGISTER_ACK, ack))
+        ]
+        return actions + self._resume_control(agent)
 
     def controller_failed(self, token: int, error: ControllerError) -> list[Action]:
         """The RPC of ``token`` failed."""
@@ -573,10 +673,39 @@ class RelayCore:
         if entry is None:
             return []
         kind, ref, _ = entry
+        transient = error.status in TRANSIENT
+        if kind == "deregister":
+            tenant, uri = self._dereg_tokens.pop(token)
+            if transient and uri not in self.local:
+                self.m_deferred.inc()
+                self._deregs.add((tenant, uri))  # sent again by controller_back
+            return []
+        if kind == "reregister":
+            retried = self._reregs.pop(token)
+            agent = self._agents.get(ref)
+            if not transient and agent is not None:
+                log.warning(
+                    "registration refused on retry",
+                    extra=kv(agent=agent.uri, service=retried.service_name, err=error.reason),
+                )
+                agent.services.pop(retried.service_name, None)
+            return []
         if kind == "register":
             agent = self._agents.get(ref)
             if agent is None or agent.refused:
                 return []
+            request = agent.registering
+            if transient and request is not None and request.service_name:
+                # Controller unreachable: acknowledge with the id it would give
+                # (``tenant/name``) and keep the registration in the desired
+                # state; controller_back() sends it when the controller returns.
+                self.m_deferred.inc()
+                log.warning(
+                    "register deferred: controller unreachable",
+                    extra=kv(agent=agent.uri, service=request.service_name, err=error.reason),
+                )
+                return self._registered(agent, f"{request.tenant}/{request.service_name}")
+            agent.registering = None
             agent.busy = False
             refusal = register_refusal(error)
             log.warning(
@@ -590,6 +719,16 @@ class RelayCore:
         flow = self._flows.get(ref)
         if flow is None or flow.phase is not _Phase.RESOLVING:
             return []
+        if transient and flow.request is not None:
+            key = (tenant_of(flow.consumer_uri), flow.request.target_service)
+            stale = self.resolved.stale(key, self.clock())
+            if stale is not None:
+                self.m_stale.inc()
+                log.info(
+                    "resolve failed; using the cached answer",
+                    extra=kv(service=key[1], status=error.status),
+                )
+                return self._resolved(flow, stale)
         log.warning("resolve failed", extra=kv(status=error.status, err=error.reason))
         if error.status == "NOT_FOUND":
             return self._reject(flow, NotFound())
@@ -695,10 +834,7 @@ class RelayCore:
             flow.opened_at = self.clock()
             return self._open(flow)
         if frame.type in (FrameType.STREAM_RESUME, FrameType.MIGRATE_TO_RELAY):
-            # The resume matcher (relay.md §8-§9) plugs in here: it will pair two
-            # such streams by stream id and emit a StartSplice for them.
-            log.info("stream resume not supported yet", extra=kv(type=frame.type))
-            return self._end(flow)
+            return self._resume(flow, frame)
         log.warning("first frame not OPEN_STREAM", extra=kv(type=frame.type))
         return self._end(flow)
 
@@ -740,7 +876,7 @@ class RelayCore:
         # never bothers the provider (the reference opens its stream first).
         if not self.pairs.record(req.stream_id, flow.consumer_uri, provider):
             return self._reject(flow, Collision())
-        flow.paired = True
+        flow.pair_id = req.stream_id
         flow.provider_uri = provider
         flow.provider_conn = chosen.conn
         flow.phase = _Phase.PROVIDER_OPENING
@@ -767,6 +903,117 @@ class RelayCore:
         b = Leg(flow.provider_conn, flow.provider_stream, provider_rest, flow.provider_fin)
         flow.pending = bytearray()
         actions.append(StartSplice(flow.id, a, b))
+        return actions
+
+    # -- resume (relay.md §8-§9; resume.py) ---------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`timer` must run next (the core's clock), or None."""
+        return self.matcher.next_deadline()
+
+    def timer(self) -> list[Action]:
+        """Time passed: end resume halves whose window is over."""
+        return self._matched(self.matcher.expire(self.clock()))
+
+    def _resume(self, flow: _Flow, frame: Frame) -> list[Action]:
+        msg: Any
+        try:
+            if frame.type == FrameType.STREAM_RESUME:
+                msg = decode_message(frame, FrameType.STREAM_RESUME, orp_pb2.StreamResume)
+            else:
+                msg = decode_message(frame, FrameType.MIGRATE_TO_RELAY, orp_pb2.MigrateToRelay)
+        except OrpError:
+            return self._end(flow)
+        tenant = tenant_of(flow.consumer_uri)
+        half = Half(
+            flow.id,
+            tenant,
+            flow.consumer_uri,
+            msg.stream_id,
+            msg.my_position,
+            msg.peer_ack_position,
+            echo=frame.type == FrameType.STREAM_RESUME,
+        )
+        flow.half = half
+        flow.phase = _Phase.RESUMING
+        parties = None
+        live = self.pairs.get(msg.stream_id) if msg.stream_id else None
+        if live is not None and tenant_of(live.consumer) == tenant:
+            parties = frozenset((live.consumer, live.provider))
+        log.info(
+            "resume half",
+            extra=kv(agent=flow.consumer_uri, stream_id=f"{msg.stream_id:016x}", type=frame.type),
+        )
+        return self._matched(self.matcher.submit(half, self.clock(), parties))
+
+    def _matched(self, events: list[MatchEvent]) -> list[Action]:
+        actions: list[Action] = []
+        for event in events:
+            if isinstance(event, HalvesMatched):
+                actions += self._join(event.first, event.second)
+                continue
+            assert isinstance(event, HalfRefused | HalfExpired)
+            flow = self._flows.get(event.half.handle)
+            if flow is None:
+                continue
+            flow.half = None  # already out of the matcher
+            if isinstance(event, HalfExpired):
+                self.m_resume_timeouts.inc()
+                window = self.matcher.window
+                actions += self._reject(flow, ResumeExpired(f"resume: no peer within {window:g}s"))
+            else:
+                self.m_resume_refused.inc()
+                actions += self._reject(flow, event.error)
+        self.m_resume_pending.set(len(self.matcher))
+        return actions
+
+    def _join(self, h1: Half, h2: Half) -> list[Action]:
+        """Two halves match: both echoes first, then exactly one splice (§8, Q1)."""
+        f1 = self._flows[h1.handle]
+        f2 = self._flows[h2.handle]
+        f1.half = f2.half = None
+        # f1 becomes the spliced flow and takes f2's stream as its second leg
+        f1.provider_conn, f1.provider_stream = f2.conn, f2.stream
+        f1.provider_uri, f1.provider_fin = f2.consumer_uri, f2.fin
+        rest = bytes(f2.pending)
+        self._streams[(f2.conn, f2.stream)] = f1
+        f1.keys.append((f2.conn, f2.stream))
+        agent2 = self._agents.get(f2.conn)
+        if agent2 is not None:
+            agent2.flows.discard(f2.id)
+            agent2.flows.add(f1.id)
+        del self._flows[f2.id]
+        f2.phase = _Phase.DONE
+        self.m_active.dec()
+        # Record the pair so checkpoints and candidates for the resumed stream
+        # are routable (the reference records none, relay.md §12); keep the
+        # orientation of a live record of the same two agents.
+        consumer, provider = h1.agent, h2.agent
+        live = self.pairs.get(h1.stream_id)
+        if live is not None and {live.consumer, live.provider} == {consumer, provider}:
+            consumer, provider = live.consumer, live.provider
+        if self.pairs.record(h1.stream_id, consumer, provider):
+            f1.pair_id = h1.stream_id
+        else:
+            log.warning(
+                "resumed stream id held by another pair; not routable",
+                extra=kv(stream_id=f"{h1.stream_id:016x}"),
+            )
+        self.m_resumed.inc()
+        log.info(
+            "stream resumed",
+            extra=kv(stream_id=f"{h1.stream_id:016x}", a=h1.agent, b=h2.agent),
+        )
+        actions: list[Action] = []
+        if h1.echo:
+            actions.append(Send(f1.conn, f1.stream, _echo(h1.stream_id, h2)))
+        if h2.echo:
+            actions.append(Send(f2.conn, f2.stream, _echo(h2.stream_id, h1)))
+        f1.phase = _Phase.SPLICED
+        a = Leg(f1.conn, f1.stream, bytes(f1.pending), f1.fin)
+        b = Leg(f2.conn, f2.stream, rest, f2.fin)
+        f1.pending = bytearray()
+        actions.append(StartSplice(f1.id, a, b))
         return actions
 
     # -- endings ------------------------------------------------------------
@@ -823,7 +1070,17 @@ class RelayCore:
             agent = self._agents.get(conn) if conn is not None else None
             if agent is not None:
                 agent.flows.discard(flow.id)
-        if flow.paired and flow.request is not None:
-            self.pairs.forget(flow.request.stream_id)
+        if flow.half is not None and self.matcher.withdraw(flow.id) is not None:
+            self.m_resume_pending.set(len(self.matcher))
+        if flow.pair_id:
+            pair = self.pairs.get(flow.pair_id)
+            if pair is not None:
+                # a resume of this stream may come within the window: only these
+                # two agents may take part in it (resume.py)
+                tenant = tenant_of(pair.consumer)
+                self.matcher.remember(
+                    tenant, flow.pair_id, pair.consumer, pair.provider, self.clock()
+                )
+            self.pairs.forget(flow.pair_id)
         self.m_active.dec()
         self.m_duration.observe(self.clock() - flow.started)

@@ -60,6 +60,26 @@ class Unavailable(RelayError):
     default_reason = "provider rejected"
 
 
+class ResumeRefused(RelayError):
+    """A STREAM_RESUME / MIGRATE_TO_RELAY half that will never be paired."""
+
+    code = 409
+    default_reason = "resume: superseded by a newer half"
+
+
+class ResumeDenied(Denied):
+    """A resume half from an agent that is not one of the stream's two agents."""
+
+    default_reason = "resume: not a party to this stream"
+
+
+class ResumeExpired(RelayError):
+    """No partner half arrived within the resume window."""
+
+    code = 504
+    default_reason = "resume: no peer within the resume window"
+
+
 class ControllerError(RelayError):
     """A controller RPC failed; ``status`` is the gRPC status name."""
 
@@ -70,6 +90,11 @@ class ControllerError(RelayError):
         super().__init__(reason)
         self.status = status
 
+
+#: gRPC statuses that mean "the controller could not be reached or did not answer".
+TRANSIENT = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED"}
+)
 
 #: gRPC statuses that mean "the controller refused" rather than "it failed".
 _REFUSALS = frozenset(

@@ -6,7 +6,9 @@ a second OPEN_STREAM with the same id but another (consumer, provider) is a
 collision (409). Id 0 is never recorded: it always succeeds and routes
 nothing. The same pair twice is accepted; unlike the reference (where the
 first flow to end deletes the entry) the entry is counted and lives until
-the last of those flows ends.
+the last of those flows ends. A resumed stream (``resume.py``) records its
+two agents too, so its checkpoints and candidates stay routable (the
+reference records none for resumed streams).
 """
 
 from __future__ import annotations

@@ -7,7 +7,18 @@ interleave. Streams the core has handed to a splice are fed to their
 :class:`~outrelay.relay.splice.Splice` instead. Background tasks: controller
 RPCs the core asked for, the UpsertRelay heartbeat, one ``Policy.Watch`` per
 tenant, the audit sender, the opens-per-second gauge, the debug HTTP server
-and the metrics dumper.
+and the metrics dumper. One timer runs the core's resume deadlines.
+
+Controller outages. The shell tracks whether the controller answers: any
+RPC failing as unreachable (``errors.TRANSIENT``) marks it down; then the
+heartbeat polls ``UpsertRelay`` every ``RECONNECT_POLL_S`` instead of every
+``--heartbeat``. Meanwhile streams keep flowing, the engine keeps its rules,
+Resolve falls back to the core's cached answers, REGISTERs are acknowledged
+and kept, audit batches wait in their (bounded) queue, and each watch waits
+for the channel (``wait_for_ready``; the channel reconnects within 0.5 s).
+The first success marks it up again: the core re-sends its desired
+registrations (``RelayCore.controller_back``), the audit queue is flushed,
+and each watch's new snapshot replaces that tenant's rules.
 """
 
 from __future__ import annotations
@@ -41,10 +52,10 @@ from outrelay.relay.actions import (
 )
 from outrelay.relay.audit import AuditQueue, tenant_of
 from outrelay.relay.config import ConfigError, RelayConfig, split_hostport
-from outrelay.relay.controller_client import ControllerClient
+from outrelay.relay.controller_client import ControllerClient, error_of
 from outrelay.relay.core import RelayCore
-from outrelay.relay.errors import ControllerError
-from outrelay.relay.policy_watch import PolicyWatcher, TenantWatch
+from outrelay.relay.errors import TRANSIENT, ControllerError
+from outrelay.relay.policy_watch import SNAPSHOT_END, PolicyWatcher, TenantWatch
 from outrelay.relay.splice import SPLICE_ABORTED, Splice
 from outrelay.transport import (
     ConnectionClosed,
@@ -68,8 +79,13 @@ UPSERT_TIMEOUT_S = 5.0
 #: Limit of every other unary controller RPC (the reference has none; a hung
 #: controller must not hang an agent's REGISTER or OPEN_STREAM forever).
 CALL_TIMEOUT_S = 10.0
-#: Pause before re-subscribing a broken Policy.Watch (relay.md §16.3).
-WATCH_BACKOFF_S = 2.0
+#: Pause before re-subscribing a broken Policy.Watch: first, then the cap
+#: (the reference waits 2 s, relay.md §16.3; a change made right after the
+#: controller restarts must reach us within a second).
+WATCH_BACKOFF_S = 0.1
+WATCH_BACKOFF_MAX_S = 0.5
+#: UpsertRelay period while the controller is unreachable.
+RECONNECT_POLL_S = 0.5
 #: How long start() waits for the first policy snapshots before going ready.
 SYNC_WAIT_S = 5.0
 
@@ -97,7 +113,13 @@ class Relay:
         self.engine = PolicyEngine() if tenants else None
         self.audit = AuditQueue(config.audit_queue, registry=metrics) if tenants else None
         self.core = RelayCore(
-            self.relay_id, config.region, policy=self.engine, audit=self.audit, metrics=metrics
+            self.relay_id,
+            config.region,
+            policy=self.engine,
+            audit=self.audit,
+            metrics=metrics,
+            resume_window=config.resume_window,
+            resolve_ttl=config.resolve_cache_ttl,
         )
         self.watcher = (
             PolicyWatcher(tenants, self.engine, self.core.policy_changed)
@@ -116,6 +138,16 @@ class Relay:
         self._audit_wake = asyncio.Event()
         self._synced = asyncio.Event()
         self.m_opens_rate = metrics.gauge("stream_opens_per_second")
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        #: the controller answers (False from the first unreachable failure
+        #: until the next success)
+        self.controller_up = True
+        self._controller_wake = asyncio.Event()
+        self.m_controller_up = metrics.gauge("controller_up")
+        self.m_controller_up.set(1)
+        self.m_outages = metrics.counter("controller_outages")
+        self.m_watch_subs = metrics.counter("policy_watch_subscriptions")
 
     @property
     def client(self) -> ControllerClient:
@@ -225,6 +257,9 @@ class Relay:
                     await asyncio.gather(*calls, return_exceptions=True)
         for splice in list(self._spliced.values()):
             splice.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         await self._close_server()
         for task in list(self._tasks):
             task.cancel()
@@ -303,6 +338,25 @@ class Relay:
                 self._apply_one(action)
             except TransportError as exc:
                 log.debug("action failed", extra=kv(action=type(action).__name__, err=str(exc)))
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Keep one timer at the core's next deadline (resume windows)."""
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and not self._stopping:
+            delay = max(0.0, deadline - self.core.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._apply(self.core.timer())
 
     def _apply_one(self, action: Action) -> None:
         kind = type(action)
@@ -390,13 +444,38 @@ class Relay:
         try:
             response = await self.client.call(action.method, action.request, CALL_TIMEOUT_S)
         except ControllerError as err:
+            self._controller_failed(err)
             if action.token is None:
                 log.warning(f"{action.method} failed", extra=kv(err=err.reason))
             else:
                 self._apply(self.core.controller_failed(action.token, err))
             return
+        self._controller_ok()
         if action.token is not None:
             self._apply(self.core.controller_replied(action.token, response))
+
+    def _controller_failed(self, err: ControllerError) -> None:
+        """An RPC failed; if the controller is unreachable, note the outage."""
+        if err.status not in TRANSIENT or not self.controller_up or self._stopping:
+            return
+        self.controller_up = False
+        self.m_controller_up.set(0)
+        self.m_outages.inc()
+        log.warning(
+            "controller unreachable; serving from cached state",
+            extra=kv(status=err.status, err=err.reason),
+        )
+        self._controller_wake.set()  # the heartbeat switches to polling
+
+    def _controller_ok(self) -> None:
+        """An RPC succeeded; after an outage, re-send what the controller missed."""
+        if self.controller_up or self._stopping:
+            return
+        self.controller_up = True
+        self.m_controller_up.set(1)
+        log.info("controller reachable again")
+        self._apply(self.core.controller_back())
+        self._audit_wake.set()
 
     async def _upsert(self, timeout: float) -> None:
         request = registry_pb2.UpsertRelayRequest(
@@ -405,12 +484,22 @@ class Relay:
         await self.client.call("UpsertRelay", request, timeout)
 
     async def _heartbeat(self) -> None:
+        """UpsertRelay every --heartbeat; every RECONNECT_POLL_S while the controller is down."""
         while True:
-            await asyncio.sleep(self.config.heartbeat)
+            period = self.config.heartbeat if self.controller_up else RECONNECT_POLL_S
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._controller_wake.wait()
+            self._controller_wake.clear()
+            up = self.controller_up
             try:
-                await self._upsert(UPSERT_TIMEOUT_S)
+                await self._upsert(UPSERT_TIMEOUT_S if up else RECONNECT_POLL_S * 4)
             except ControllerError as exc:
-                log.warning("relay heartbeat failed", extra=kv(err=exc.reason))
+                if up:
+                    log.warning("relay heartbeat failed", extra=kv(err=exc.reason))
+                self._controller_failed(exc)
+                continue
+            self._controller_ok()
 
     async def _opens_rate(self) -> None:
         opens = self.core.m_opens
@@ -422,35 +511,59 @@ class Relay:
             last = now
 
     async def _watch(self, watch: TenantWatch) -> None:
+        """One tenant's Policy.Watch, re-subscribed whenever it breaks.
+
+        ``wait_for_ready``: while the controller is down the call waits for
+        the channel instead of failing, so it starts as soon as the channel
+        reconnects. Each subscription begins with a full snapshot, which
+        replaces the tenant's rules (the re-list); the engine keeps its rules
+        in between.
+        """
         request = policy_pb2.WatchPoliciesRequest(tenant=watch.tenant)
+        backoff = WATCH_BACKOFF_S
         while True:
             try:
-                call = self.client.policy.Watch(request)
+                call = self.client.policy.Watch(request, wait_for_ready=True)
                 watch.subscribed()
+                self.m_watch_subs.inc()
                 async for event in call:
+                    if event.kind == SNAPSHOT_END:
+                        backoff = WATCH_BACKOFF_S
+                        self._controller_ok()
+                        log.info("policy snapshot applied", extra=kv(tenant=watch.tenant))
                     if watch.apply(event) and self.watcher is not None and self.watcher.synced:
                         self._synced.set()
                 log.warning("policy watch ended", extra=kv(tenant=watch.tenant))
             except grpc.aio.AioRpcError as exc:
+                err = error_of(exc)
                 log.warning(
                     "policy watch failed",
-                    extra=kv(tenant=watch.tenant, code=str(exc.code()), err=exc.details()),
+                    extra=kv(tenant=watch.tenant, code=err.status, err=err.reason),
                 )
-            await asyncio.sleep(WATCH_BACKOFF_S)
+                self._controller_failed(err)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, WATCH_BACKOFF_MAX_S)
 
     async def _audit_sender(self) -> None:
+        """Send queued audit events; keep them queued while the controller is down."""
         assert self.audit is not None
         dropped = self.metrics.counter("audit_dropped")
         while True:
             await self._audit_wake.wait()
             self._audit_wake.clear()
-            while batch := self.audit.take():
+            while self.controller_up and (batch := self.audit.take()):
                 try:
                     await self.client.record(batch)
                     self.audit.sent.add(len(batch))
                 except ControllerError as exc:
-                    dropped.add(len(batch))
+                    if exc.status in TRANSIENT:
+                        self.audit.requeue(batch)  # sent again when the controller is back
+                        self._controller_failed(exc)
+                    else:
+                        dropped.add(len(batch))
                     log.warning("audit send failed", extra=kv(n=len(batch), err=exc.reason))
+                else:
+                    self._controller_ok()
 
 
 def _write_ready(path: str, info: dict[str, str]) -> None:

@@ -304,6 +304,21 @@ class ProbeAgent:
         stream.send_frame(FrameType.OPEN_STREAM, msg)
         return stream
 
+    def stream(self) -> ProbeStream:
+        """Open a data stream and write nothing yet."""
+        sid = self.link.open_stream()
+        self._rx(sid)
+        return ProbeStream(self, sid)
+
+    def resume(self, stream_id: int, my_position: int, peer_ack_position: int) -> ProbeStream:
+        """Open a data stream whose first frame is STREAM_RESUME."""
+        stream = self.stream()
+        msg = orp_pb2.StreamResume(
+            stream_id=stream_id, my_position=my_position, peer_ack_position=peer_ack_position
+        )
+        stream.send_frame(FrameType.STREAM_RESUME, msg)
+        return stream
+
     async def wait_closed(self, timeout: float = 5.0) -> ConnectionClosed:
         """Wait for the connection to end."""
         async with asyncio.timeout(timeout):
