@@ -1,0 +1,99 @@
+"""Byte-exact copying between two (reader, writer) pairs, with half-close both ways.
+
+Each direction is a loop: read up to 64 KiB, write it, ``await drain()``.
+Backpressure is therefore the transports' own: a slow destination blocks
+``drain``, the loop stops reading, the source reader's buffer fills and it
+pauses its transport (a TCP socket stops being read; a relay stream stops
+granting QUIC credit).
+
+When a source ends cleanly (EOF) the destination is half-closed
+(``write_eof``) and the other direction goes on, so ``printf ... | nc``
+style exchanges get their reply. When a direction fails (reset, broken
+pipe) both sides are aborted: the error cannot be passed on as a half-close.
+When both directions are done both writers are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from outrelay.observe import kv
+
+log = logging.getLogger("outrelay.agent")
+
+#: Bytes read per copy step.
+CHUNK = 64 * 1024
+
+Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Copy ``reader`` to ``writer`` until EOF, then half-close ``writer``.
+
+    Returns the bytes copied. Raises what the reader or writer raise
+    (ConnectionError, OSError, ...).
+    """
+    total = 0
+    while True:
+        data = await reader.read(CHUNK)
+        if not data:
+            break
+        writer.write(data)
+        total += len(data)
+        await writer.drain()
+    if not writer.is_closing() and writer.can_write_eof():
+        writer.write_eof()
+    return total
+
+
+async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
+    """Copy ``a`` -> ``b`` and ``b`` -> ``a`` until both are done; close both.
+
+    Returns (bytes a->b, bytes b->a); a failed direction counts what it
+    copied before failing. Never raises for I/O errors (they are logged at
+    debug level); cancellation aborts both sides.
+    """
+    (ar, aw), (br, bw) = a, b
+    counts = [0, 0]
+
+    async def run(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counts[index] = await pipe(reader, writer)
+
+    forward = asyncio.ensure_future(run(0, ar, bw))
+    backward = asyncio.ensure_future(run(1, br, aw))
+    tasks = {forward, backward}
+    try:
+        pending = tasks
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(not t.cancelled() and t.exception() is not None for t in done):
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        log.debug("bridge: direction failed", extra=kv(err=str(t.exception())))
+                _abort(aw, bw)
+                if pending:
+                    await asyncio.wait(pending)
+                for t in pending:
+                    if not t.cancelled():
+                        t.exception()
+                break
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        _abort(aw, bw)
+        raise
+    finally:
+        for writer in (aw, bw):
+            writer.close()
+        for writer in (aw, bw):
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    return counts[0], counts[1]
+
+
+def _abort(*writers: asyncio.StreamWriter) -> None:
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            writer.transport.abort()

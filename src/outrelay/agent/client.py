@@ -1,0 +1,416 @@
+"""The Python SDK: :class:`Agent`, an OutRelay agent inside an asyncio application.
+
+::
+
+    agent = Agent(AgentConfig(relays=("relay.example:7443",), cert=..., key=..., ca=...))
+    await agent.start()
+    reader, writer = await agent.open_connection("payments")   # consumer
+    await agent.serve("orders", handle)                          # provider
+    await agent.expose("billing", "127.0.0.1", 8080)             # provider, TCP backend
+    ...
+    await agent.stop()
+
+One relay session at a time: :meth:`Agent.start` dials the relays in order
+and keeps the first that completes HELLO / HELLO_ACK and every REGISTER. A
+supervisor task then waits for the session to end and reconnects with
+backoff (0, 1, 2, 4 ... 30 s), replaying REGISTER for every service, until
+:meth:`Agent.stop`. Streams of a lost session fail with ConnectionResetError
+(stream resume comes later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from outrelay.agent import events as ev
+from outrelay.agent.bridge import bridge
+from outrelay.agent.config import AgentConfig, parse_hostport
+from outrelay.agent.core import AgentProtocol
+from outrelay.agent.errors import (
+    AgentError,
+    BackendUnavailable,
+    ConnectFailed,
+    NoHandler,
+    NotConnected,
+    ProviderRefusal,
+)
+from outrelay.agent.reconnect import Backoff, dial_first
+from outrelay.agent.session import Session
+from outrelay.errors import OutRelayError
+from outrelay.identity import IdentityError, parse, peer_uri
+from outrelay.observe import REGISTRY, kv
+from outrelay.transport import MiB, TransportConfig, connect
+
+log = logging.getLogger("outrelay.agent")
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+Runner = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
+
+_session_up = REGISTRY.gauge("agent_session_up")
+_reconnects = REGISTRY.counter("agent_reconnects")
+
+
+def certificate_uri(cert_path: str) -> str:
+    """The first URI SAN of the PEM certificate at ``cert_path``.
+
+    Raises:
+        OSError: the file cannot be read.
+        IdentityError: no URI SAN, or not a certificate.
+    """
+    with open(cert_path, "rb") as f:
+        return peer_uri(f.read())
+
+
+@dataclass(frozen=True)
+class _Service:
+    """An exposed service: how to answer an incoming stream for it."""
+
+    name: str
+    #: Register.local_addr (informational for the relay).
+    local_addr: str
+    #: The SDK handler (``serve``), or None for a TCP backend (``expose``).
+    handler: Handler | None = None
+    host: str = ""
+    port: int = 0
+
+    async def prepare(self, event: ev.IncomingStreamReceived, dial_timeout: float) -> Runner:
+        """Get ready to serve one stream; raises ProviderRefusal to reject it."""
+        handler = self.handler
+        if handler is not None:
+
+            async def run_handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                result = handler(r, w)
+                if result is not None:
+                    await result
+
+            return run_handler
+        target = f"{self.host}:{self.port}"
+        try:
+            async with asyncio.timeout(dial_timeout):
+                backend = await asyncio.open_connection(self.host, self.port)
+        except TimeoutError:
+            raise BackendUnavailable(f"dial tcp {target}: i/o timeout") from None
+        except OSError as exc:
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise BackendUnavailable(f"dial tcp {target}: connect: {why}") from None
+
+        async def run_bridge(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await bridge((r, w), backend)
+
+        return run_bridge
+
+
+class Agent:
+    """An OutRelay agent for asyncio applications (no sidecar needed).
+
+    Not thread-safe: use it from the event loop that called :meth:`start`.
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._uri: str | None = config.uri
+        self._services: dict[str, _Service] = {}
+        self._session: Session | None = None
+        self._up = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopping = False
+        self._transport_config: TransportConfig | None = None
+
+    # -- properties -------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        """The agent's identity URI (``--uri``, else the certificate's first URI SAN).
+
+        Raises:
+            OSError, IdentityError: the certificate cannot be read or has no URI SAN.
+        """
+        if self._uri is None:
+            self._uri = certificate_uri(str(self.config.cert))
+        return self._uri
+
+    @property
+    def connected(self) -> bool:
+        """True while a relay session is up."""
+        return self._session is not None and not self._session.closed
+
+    @property
+    def relay(self) -> str | None:
+        """``host:port`` of the relay of the current session (None when disconnected)."""
+        return self._session.relay if self.connected and self._session else None
+
+    @property
+    def services(self) -> list[str]:
+        """Names of the exposed services, in registration order."""
+        return list(self._services)
+
+    # -- life cycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the first relay that answers and REGISTER every service.
+
+        Raises:
+            ConnectFailed: no relay completed the handshake and registrations.
+            IdentityError: the agent URI is not a valid OutRelay identity.
+            OSError, ValueError: the TLS material cannot be read.
+        """
+        if self._started:
+            raise RuntimeError("agent: already started")
+        try:
+            parse(self.uri)
+        except IdentityError as exc:
+            raise IdentityError(f"agent: bad --uri {self.uri!r}: {exc}") from None
+        cfg = self.config
+        self._transport_config = TransportConfig(
+            cert=cfg.cert,
+            key=cfg.key,
+            ca=cfg.ca,
+            server_name=cfg.server_name,
+            stream_window=cfg.window,
+            connection_window=max(16 * MiB, 4 * cfg.window),
+            idle_timeout=cfg.idle_timeout,
+            keepalive=cfg.keepalive,
+        )
+        self._transport_config.quic_configuration(is_client=True)  # fail early on bad files
+        self._started = True
+        try:
+            session = await dial_first(cfg.relays, self._establish)
+        except BaseException:
+            self._started = False
+            raise
+        self._set_session(session)
+        self._supervisor = asyncio.create_task(self._supervise(), name="outrelay-agent-supervisor")
+
+    async def stop(self) -> None:
+        """Close the session, stop reconnecting and cancel running stream handlers."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        session, self._session = self._session, None
+        self._up.clear()
+        _session_up.set(0)
+        if session is not None:
+            await session.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._started = False
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until a relay session is up.
+
+        Raises:
+            NotConnected: not started, stopped, or ``timeout`` elapsed.
+        """
+        if not self._started or self._stopping:
+            raise NotConnected("agent: not started")
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.connected:
+                    await self._up.wait()
+                    if self._stopping:
+                        raise NotConnected("agent: stopped")
+        except TimeoutError:
+            raise NotConnected(f"agent: no relay session within {timeout:g} s") from None
+
+    # -- consumer ---------------------------------------------------------
+
+    async def open_connection(
+        self, service: str, *, method: str = "", timeout: float | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a stream to ``service`` through the relay.
+
+        Waits (up to ``timeout``, default ``config.ready_timeout``) for a
+        session if the agent is reconnecting, then for the relay's answer:
+        STREAM_READY, or the first application bytes; without either it
+        returns after ``config.ready_timeout`` anyway (inter-relay paths send
+        no STREAM_READY). ``writer.get_extra_info("stream_id")`` gives the
+        ORP stream id.
+
+        Raises:
+            StreamRejected: the relay rejected the stream (``.code``, ``.reason``:
+                403 policy, 404 unknown service, 503 provider refused, ...).
+            StreamFailed: the relay closed the stream without an answer.
+            NotConnected: no session (not started, or none within ``timeout``).
+        """
+        wait = self.config.ready_timeout if timeout is None else timeout
+        await self.wait_connected(wait)
+        session = self._session
+        if session is None:
+            raise NotConnected("agent: relay session lost")
+        return await session.open(service, method=method)
+
+    # -- provider ---------------------------------------------------------
+
+    async def serve(self, service: str, handler: Handler) -> None:
+        """Provide ``service``: each incoming stream runs ``handler(reader, writer)``.
+
+        Like ``asyncio.start_server``'s callback; the handler may be a
+        coroutine function. ``writer.get_extra_info("peer_uri")`` is the
+        consumer's identity. The writer is closed when the handler returns.
+        Registers at once when connected (else at :meth:`start`).
+
+        Raises:
+            RegisterFailed: the relay did not acknowledge the registration.
+            ValueError: the service is already exposed.
+        """
+        await self._add(_Service(service, "", handler=handler))
+
+    async def expose(self, service: str, host: str, port: int) -> None:
+        """Provide ``service`` by dialling the TCP backend ``host:port`` per stream.
+
+        A backend that refuses or does not answer within ``config.dial_timeout``
+        makes the stream fail with STREAM_REJECT 502 and the error text.
+
+        Raises:
+            RegisterFailed: the relay did not acknowledge the registration.
+            ValueError: the service is already exposed.
+        """
+        local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        await self._add(_Service(service, local, host=host, port=port))
+
+    async def _add(self, service: _Service) -> None:
+        if service.name in self._services:
+            raise ValueError(f"agent: service {service.name!r} is already exposed")
+        self._services[service.name] = service
+        session = self._session
+        if session is not None and not session.closed:
+            try:
+                await session.register(service.name, service.local_addr)
+            except BaseException:
+                self._services.pop(service.name, None)
+                raise
+
+    # -- internals --------------------------------------------------------
+
+    async def _establish(self, relay: str) -> Session:
+        """Dial one relay, HELLO, and REGISTER every service."""
+        cfg = self.config
+        assert self._transport_config is not None
+        host, port = parse_hostport(relay)
+        link = await connect(host, port, self._transport_config, timeout=cfg.connect_timeout)
+        proto = AgentProtocol(
+            self.uri,
+            hello_timeout=cfg.hello_timeout,
+            register_timeout=cfg.register_timeout,
+            ready_timeout=cfg.ready_timeout,
+        )
+        session = await Session.start(link, relay, proto, self._on_incoming, high_water=cfg.window)
+        try:
+            for service in list(self._services.values()):
+                await session.register(service.name, service.local_addr)
+        except BaseException:
+            await session.close("registration failed")
+            raise
+        return session
+
+    def _set_session(self, session: Session) -> None:
+        self._session = session
+        self._up.set()
+        _session_up.set(1)
+        log.info(
+            "agent: relay session up",
+            extra=kv(relay=session.relay, uri=self.uri, services=",".join(self._services)),
+        )
+
+    async def _supervise(self) -> None:
+        backoff = Backoff(cap=self.config.max_backoff)
+        while not self._stopping:
+            session = self._session
+            assert session is not None
+            reason = await session.wait_closed()
+            self._session = None
+            self._up.clear()
+            _session_up.set(0)
+            log.warning(
+                "agent: session lost; reconnecting", extra=kv(relay=session.relay, reason=reason)
+            )
+            while not self._stopping:
+                delay = backoff.next_delay()
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    new = await dial_first(self.config.relays, self._establish)
+                except ConnectFailed as exc:
+                    log.warning(
+                        "agent: reconnect failed", extra=kv(err=str(exc), retry_in=backoff._next)
+                    )
+                    continue
+                _reconnects.inc()
+                backoff.reset()
+                self._set_session(new)
+                break
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_incoming(
+        self,
+        session: Session,
+        event: ev.IncomingStreamReceived,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._spawn(self._serve_stream(session, event, reader, writer), f"incoming-{event.qid}")
+
+    async def _serve_stream(
+        self,
+        session: Session,
+        event: ev.IncomingStreamReceived,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        fields = kv(service=event.service, source=event.source_uri, stream_id=event.stream_id)
+        try:
+            service = self._services.get(event.service)
+            if service is None:
+                raise NoHandler()
+            runner = await service.prepare(event, self.config.dial_timeout)
+        except ProviderRefusal as exc:
+            log.warning(f"agent: rejecting incoming stream: {exc.code} {exc.reason}", extra=fields)
+            session.reject(event.qid, exc.code, exc.reason)
+            return
+        except Exception as exc:  # a bug in prepare: refuse rather than hang the consumer
+            log.exception("agent: incoming stream setup failed", extra=fields)
+            session.reject(event.qid, BackendUnavailable.code, str(exc) or type(exc).__name__)
+            return
+        if session.closed:
+            return
+        session.accept(event.qid)
+        log.debug("agent: incoming stream accepted", extra=fields)
+        try:
+            await runner(reader, writer)
+        except (ConnectionError, OutRelayError) as exc:
+            log.debug("agent: stream handler ended with an error", extra=kv(err=str(exc)))
+        except Exception:
+            log.exception("agent: stream handler failed", extra=fields)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+__all__ = ["Agent", "AgentConfig", "AgentError", "certificate_uri"]

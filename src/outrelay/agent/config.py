@@ -1,0 +1,138 @@
+"""Configuration of an agent: the SDK's :class:`AgentConfig` and the CLI's :class:`RunConfig`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from outrelay.agent.core import HELLO_TIMEOUT, READY_TIMEOUT, REGISTER_TIMEOUT
+from outrelay.agent.stream import DEFAULT_HIGH_WATER
+
+PathLike = str | os.PathLike[str]
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too).
+
+    Raises:
+        ValueError: no port, a port outside 0..65535, or an empty host.
+    """
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    if not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def parse_mapping(value: str) -> tuple[str, str, int]:
+    """Split ``NAME=HOST:PORT`` into ``(name, host, port)``.
+
+    Raises:
+        ValueError: no ``=``, an empty name, or a bad ``HOST:PORT``.
+    """
+    name, sep, addr = value.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"expected NAME=HOST:PORT, got {value!r}")
+    host, port = parse_hostport(addr)
+    return name, host, port
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What an :class:`outrelay.Agent` needs: relays, credentials, limits."""
+
+    #: Relay QUIC endpoints ``host:port``, tried in order; the first that answers wins.
+    relays: tuple[str, ...]
+    #: PEM client certificate (its first URI SAN is the agent's identity).
+    cert: PathLike
+    #: PEM private key of ``cert``.
+    key: PathLike
+    #: PEM CA bundle the relay's certificate must chain to.
+    ca: PathLike
+    #: Agent URI sent in HELLO; ``None``: the certificate's first URI SAN.
+    uri: str | None = None
+    #: TLS server name checked in the relay's certificate.
+    server_name: str = "localhost"
+    #: Per-stream window: QUIC receive window and send high-water mark (bytes).
+    window: int = DEFAULT_HIGH_WATER
+    #: Seconds for one relay's QUIC handshake.
+    connect_timeout: float = 5.0
+    #: Seconds to wait for HELLO_ACK.
+    hello_timeout: float = HELLO_TIMEOUT
+    #: Seconds to wait for each REGISTER_ACK.
+    register_timeout: float = REGISTER_TIMEOUT
+    #: Seconds ``open_connection`` waits for STREAM_READY before bridging anyway.
+    ready_timeout: float = READY_TIMEOUT
+    #: Seconds a provider waits for its local backend to accept a TCP connection.
+    dial_timeout: float = 10.0
+    #: Longest pause between reconnect attempts (seconds).
+    max_backoff: float = 30.0
+    #: QUIC idle timeout and keepalive (seconds).
+    idle_timeout: float = 10.0
+    keepalive: float = 3.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.relays, str):
+            object.__setattr__(self, "relays", tuple(split_relays([self.relays])))
+        if not self.relays:
+            raise ValueError("agent: at least one relay address is needed")
+        for relay in self.relays:
+            parse_hostport(relay)
+        if self.window <= 0:
+            raise ValueError("agent: window must be positive")
+
+
+def split_relays(values: list[str] | tuple[str, ...]) -> list[str]:
+    """Flatten repeated, comma-separated ``--relay`` values; blanks are dropped."""
+    out: list[str] = []
+    for value in values:
+        out += [part.strip() for part in value.split(",") if part.strip()]
+    return out
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One ``NAME=HOST:PORT`` of ``--expose`` or ``--consume``."""
+
+    name: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: str) -> Mapping:
+        """Raises ValueError like :func:`parse_mapping`."""
+        return cls(*parse_mapping(value))
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (IPv6 hosts bracketed)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The ``outrelay agent`` command: an agent plus its exposed and consumed services."""
+
+    agent: AgentConfig
+    #: Services to REGISTER, each dialled on its local backend per incoming stream.
+    expose: tuple[Mapping, ...] = ()
+    #: Local TCP listeners, each connection opened as a stream to the named service.
+    consume: tuple[Mapping, ...] = ()
+    #: ``host:port`` of the debug HTTP server ("" = off).
+    debug_listen: str = ""
+    #: JSONL file for periodic metric snapshots ("" = off).
+    metrics_dump: str = ""
+    #: Seconds between metric snapshots.
+    metrics_interval: float = 10.0
+    #: Write JSON describing the bound listeners here once the session is up.
+    ready_file: str = ""
+    log_format: str = "text"
+    log_level: str = "info"
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,81 @@
+"""Agent errors. Those that end as a STREAM_REJECT carry its code as ``code``.
+
+"The relay or peer refused" (:class:`StreamRejected`, :class:`StreamFailed`)
+is kept apart from "this agent refuses" (:class:`ProviderRefusal` and its
+subclasses, turned into a STREAM_REJECT frame in one place, the provider
+flow of :mod:`outrelay.agent.client`).
+"""
+
+from __future__ import annotations
+
+from outrelay.errors import OutRelayError
+
+
+class AgentError(OutRelayError):
+    """Base class of the agent's errors."""
+
+
+class OpenError(AgentError):
+    """``open_connection`` did not get a usable stream."""
+
+
+class StreamRejected(OpenError):
+    """The relay answered OPEN_STREAM with STREAM_REJECT.
+
+    ``code`` is the relay's code (403 policy, 404 unknown service, 409 id
+    collision, 502 infrastructure, 503 provider refused) and ``reason`` its text.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"stream rejected: {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class StreamFailed(OpenError):
+    """The stream ended (FIN or reset) before it was accepted, without a reject frame."""
+
+
+class NotConnected(AgentError):
+    """No relay session is up (not started, stopped, or still reconnecting)."""
+
+
+class ConnectFailed(AgentError):
+    """No relay of the list completed the QUIC handshake and HELLO / HELLO_ACK."""
+
+
+class HandshakeFailed(AgentError):
+    """A relay accepted QUIC but did not answer HELLO with HELLO_ACK in time."""
+
+
+class RegisterFailed(AgentError):
+    """REGISTER got no REGISTER_ACK in time.
+
+    The relay sends nothing at all when the controller refuses a registration
+    (relay.md §5), so a timeout is the only failure signal.
+    """
+
+
+class ProviderRefusal(AgentError):
+    """This (provider) agent refuses an incoming stream; ``code`` goes on the wire."""
+
+    code = 502
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NoHandler(ProviderRefusal):
+    """No service of that name is exposed here."""
+
+    code = 404
+
+    def __init__(self, reason: str = "no handler") -> None:
+        super().__init__(reason)
+
+
+class BackendUnavailable(ProviderRefusal):
+    """The local backend could not be dialled (refused, unreachable, timed out)."""
+
+    code = 502

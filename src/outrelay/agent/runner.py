@@ -1,0 +1,165 @@
+"""``outrelay agent`` as a Python function: :func:`run` mirrors the CLI.
+
+The agent process = one :class:`Agent`, one ``expose`` per ``--expose``, one
+local TCP listener per ``--consume`` (each accepted connection becomes a
+stream to the named service, bridged byte for byte), an optional debug
+HTTP server and metrics dumper, and a ready file written once everything is
+bound and the first session is up. SIGINT/SIGTERM stop it gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+from outrelay.agent.bridge import bridge
+from outrelay.agent.client import Agent
+from outrelay.agent.config import Mapping, RunConfig, parse_hostport
+from outrelay.agent.errors import AgentError, StreamRejected
+from outrelay.observe import REGISTRY, DebugServer, kv, run_dumper
+
+log = logging.getLogger("outrelay.agent")
+
+_local_conns = REGISTRY.counter("agent_local_connections")
+
+
+class ConsumerListener:
+    """A local TCP listener whose connections go to one service through the agent."""
+
+    def __init__(self, agent: Agent, mapping: Mapping) -> None:
+        self.agent = agent
+        self.mapping = mapping
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def address(self) -> str:
+        """The bound ``host:port`` (the real port when 0 was asked for)."""
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def start(self) -> None:
+        """Bind the listener. Raises OSError if the address cannot be bound."""
+        self._server = await asyncio.start_server(
+            self._on_client, self.mapping.host, self.mapping.port
+        )
+
+    async def close(self) -> None:
+        """Stop accepting and abort the bridged connections."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._handle(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _local_conns.inc()
+        name = self.mapping.name
+        try:
+            remote = await self.agent.open_connection(name)
+        except StreamRejected as exc:
+            log.warning(
+                f"agent: stream to {name} rejected: {exc.code} {exc.reason}",
+                extra=kv(service=name, code=exc.code, reason=exc.reason),
+            )
+            await _close(writer)
+            return
+        except (AgentError, ConnectionError) as exc:
+            log.warning(f"agent: stream to {name} failed: {exc}", extra=kv(service=name))
+            await _close(writer)
+            return
+        except BaseException:
+            await _close(writer)
+            raise
+        await bridge((reader, writer), remote)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+
+
+def _write_ready_file(path: str, info: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+    os.replace(tmp, path)
+
+
+async def run(config: RunConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run an agent until ``stop`` is set or SIGINT/SIGTERM arrives.
+
+    Raises:
+        ConnectFailed: no relay answered at startup (or a REGISTER got no ACK).
+        OSError: a listener could not be bound, TLS files unreadable.
+        IdentityError: bad ``--uri`` / certificate without a URI SAN.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    agent = Agent(config.agent)
+    listeners = [ConsumerListener(agent, m) for m in config.consume]
+    debug: DebugServer | None = None
+    dumper: asyncio.Task[None] | None = None
+    try:
+        for mapping in config.expose:
+            await agent.expose(mapping.name, mapping.host, mapping.port)
+        await agent.start()
+        for listener in listeners:
+            await listener.start()
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "uri": agent.uri,
+            "relay": agent.relay,
+            "expose": {m.name: m.address for m in config.expose},
+            "consume": {lst.mapping.name: lst.address for lst in listeners},
+        }
+        if config.debug_listen:
+            debug = DebugServer(REGISTRY, ready=lambda: agent.connected)
+            host, port = parse_hostport(config.debug_listen)
+            bound = await debug.start(host, port)
+            info["debug"] = f"{bound[0]}:{bound[1]}"
+        if config.metrics_dump:
+            dumper = asyncio.create_task(
+                run_dumper(REGISTRY, config.metrics_dump, config.metrics_interval)
+            )
+        for lst in listeners:
+            log.info(
+                "agent: consuming",
+                extra=kv(service=lst.mapping.name, listen=lst.address),
+            )
+        if config.ready_file:
+            _write_ready_file(config.ready_file, info)
+        await stop.wait()
+        log.info("agent: stopping")
+    finally:
+        for listener in listeners:
+            await listener.close()
+        await agent.stop()
+        if dumper is not None:
+            dumper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dumper
+        if debug is not None:
+            await debug.close()
+        for signum in installed:
+            loop.remove_signal_handler(signum)

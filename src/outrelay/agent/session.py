@@ -1,0 +1,440 @@
+"""The asyncio shell of one relay session: :class:`AgentProtocol` driven by a QUIC link.
+
+A :class:`Session` owns one :class:`outrelay.transport.Link`. Transport
+events go through :class:`AgentProtocol` and come out as its events, which
+the session turns into future results (HELLO_ACK, REGISTER_ACK, a consumer
+stream opened or rejected) and into calls on each stream's
+:class:`RelayStreamTransport`. It never blocks in the event callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from outrelay.agent import events as ev
+from outrelay.agent.core import AgentProtocol
+from outrelay.agent.errors import (
+    HandshakeFailed,
+    NotConnected,
+    RegisterFailed,
+    StreamFailed,
+    StreamRejected,
+)
+from outrelay.agent.stream import RelayStreamTransport, open_stream_pair
+from outrelay.observe import REGISTRY, kv
+from outrelay.transport import (
+    ConnectionClosed,
+    Link,
+    SendCapacityAvailable,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+    TransportError,
+)
+from outrelay.transport import events as tev
+
+log = logging.getLogger("outrelay.agent")
+
+#: QUIC application error code we use for stream resets and STOP_SENDING.
+STREAM_ERROR = 0
+
+IncomingCallback = Callable[
+    ["Session", ev.IncomingStreamReceived, asyncio.StreamReader, asyncio.StreamWriter], None
+]
+
+_opened = REGISTRY.counter("agent_streams_opened")
+_rejected = REGISTRY.counter("agent_streams_rejected")
+_incoming = REGISTRY.counter("agent_streams_incoming")
+
+
+class Session:
+    """One relay session. Create with :meth:`start` (HELLO / HELLO_ACK done)."""
+
+    def __init__(
+        self,
+        link: Link,
+        relay: str,
+        proto: AgentProtocol,
+        on_incoming: IncomingCallback,
+        *,
+        high_water: int,
+    ) -> None:
+        self.link = link
+        self.relay = relay
+        self.proto = proto
+        self._on_incoming = on_incoming
+        self._high_water = high_water
+        self._loop = asyncio.get_running_loop()
+        self._streams: dict[int, RelayStreamTransport] = {}
+        self._openers: dict[int, asyncio.Future[None]] = {}
+        self._hello: asyncio.Future[None] = self._loop.create_future()
+        self._registers: dict[str, list[asyncio.Future[str]]] = {}
+        self._closed: asyncio.Future[str] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        link.on_event = self._on_link_event
+        if link.closed:
+            self._lost("connection closed during the handshake")
+
+    # -- life cycle -------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        link: Link,
+        relay: str,
+        proto: AgentProtocol,
+        on_incoming: IncomingCallback,
+        *,
+        high_water: int,
+    ) -> Session:
+        """Open the control stream, send HELLO and wait for HELLO_ACK.
+
+        Raises:
+            HandshakeFailed: no HELLO_ACK (timeout, wrong frame, connection closed).
+        """
+        session = cls(link, relay, proto, on_incoming, high_water=high_water)
+        try:
+            if session.closed:
+                raise HandshakeFailed(f"agent: relay {relay} closed the connection")
+            qid = link.open_stream()
+            session.send(qid, proto.hello(qid, session._loop.time()))
+            session._rearm()
+            await session._hello
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is over."""
+        return self._closed.done()
+
+    async def wait_closed(self) -> str:
+        """Wait until the connection is over; return why."""
+        return await asyncio.shield(self._closed)
+
+    async def close(self, reason: str = "agent stopping") -> None:
+        """Close the connection (streams see ConnectionResetError) and wait for the end."""
+        if not self.link.closed:
+            self.link.close(0, reason)
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.link.wait_closed()
+            except TimeoutError:
+                pass
+        self._lost(reason)
+
+    # -- operations -------------------------------------------------------
+
+    async def register(self, name: str, local_addr: str = "") -> str:
+        """REGISTER ``name`` and wait for REGISTER_ACK; returns its service id.
+
+        Raises:
+            RegisterFailed: no REGISTER_ACK within the register timeout.
+            NotConnected: the session ended first.
+        """
+        if self.closed:
+            raise NotConnected("agent: relay session is closed")
+        fut: asyncio.Future[str] = self._loop.create_future()
+        self._registers.setdefault(name, []).append(fut)
+        self.send(self.control_qid, self.proto.register(name, local_addr, self._loop.time()))
+        self._rearm()
+        return await fut
+
+    @property
+    def control_qid(self) -> int:
+        qid = self.proto.control_qid
+        assert qid is not None
+        return qid
+
+    async def open(
+        self, service: str, *, method: str = ""
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a consumer stream to ``service`` and wait until it is established.
+
+        Raises:
+            StreamRejected: the relay answered with STREAM_REJECT (code, reason).
+            StreamFailed: the stream ended without an answer.
+            NotConnected: the session ended first.
+        """
+        if self.closed:
+            raise NotConnected("agent: relay session is closed")
+        qid = self.link.open_stream()
+        transport = RelayStreamTransport(
+            self,
+            qid,
+            {"peername": self.link.addr, "service": service, "method": method},
+            high_water=self._high_water,
+        )
+        reader, writer = open_stream_pair(transport)
+        self._streams[qid] = transport
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._openers[qid] = fut
+        frame = self.proto.open_stream(qid, service, self._loop.time(), method=method)
+        transport.set_extra("stream_id", self.proto.stream_id(qid))
+        self.send(qid, frame)
+        self._rearm()
+        try:
+            await fut
+        except BaseException:
+            transport.abort()
+            raise
+        finally:
+            self._openers.pop(qid, None)
+        _opened.inc()
+        return reader, writer
+
+    def accept(self, qid: int) -> None:
+        """Answer an incoming stream with STREAM_ACCEPT."""
+        self.send(qid, self.proto.accept_stream(qid))
+
+    def reject(self, qid: int, code: int, reason: str) -> None:
+        """Answer an incoming stream with STREAM_REJECT and FIN; the stream ends."""
+        frame = self.proto.reject_stream(qid, code, reason)
+        transport = self._streams.get(qid)
+        self.send(qid, frame, end_stream=True)
+        if transport is not None:
+            transport.lost(StreamFailed(f"rejected: {code} {reason}"))
+        if not self.link.closed:
+            self.link.release(qid)  # nothing more is read; no STOP_SENDING needed
+
+    # -- used by RelayStreamTransport ------------------------------------
+
+    def send(self, qid: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue bytes on a stream; a closed stream or connection drops them."""
+        try:
+            self.link.send(qid, data, end_stream)
+        except TransportError as exc:
+            transport = self._streams.get(qid)
+            if transport is not None:
+                transport.lost(ConnectionResetError(f"relay stream closed: {exc}"))
+
+    def send_buffered(self, qid: int) -> int:
+        return 0 if self.link.closed else self.link.send_buffered(qid)
+
+    def grant_all(self, qid: int) -> None:
+        if not self.link.closed:
+            self.link.grant(qid, self.link.conn.unconsumed(qid))
+
+    def stop_reading(self, qid: int) -> None:
+        if not self.link.closed:
+            self.link.stop_stream(qid, STREAM_ERROR)
+
+    def abort_stream(self, qid: int) -> None:
+        if not self.link.closed:
+            self.link.reset_stream(qid, STREAM_ERROR)
+            self.link.stop_stream(qid, STREAM_ERROR)
+
+    def stream_finished(self, qid: int, transport: RelayStreamTransport) -> None:
+        if self._streams.get(qid) is transport:
+            del self._streams[qid]
+        self.proto.forget_stream(qid)
+        opener = self._openers.get(qid)
+        if opener is not None and not opener.done():
+            opener.set_exception(StreamFailed("agent: stream ended before the relay answered"))
+
+    # -- transport events -------------------------------------------------
+
+    def _on_link_event(self, link: Link, event: tev.Event) -> None:
+        now = self._loop.time()
+        kind = type(event)
+        if kind is StreamDataReceived:
+            assert isinstance(event, StreamDataReceived)
+            qid = event.stream_id
+            self._dispatch(self.proto.receive(qid, event.data, event.end_stream, now))
+            transport = self._streams.get(qid)
+            if transport is None or transport.is_reading():
+                self.grant_all(qid)
+        elif kind is SendCapacityAvailable:
+            assert isinstance(event, SendCapacityAvailable)
+            transport = self._streams.get(event.stream_id)
+            if transport is not None:
+                transport.send_capacity(event.buffered)
+        elif kind is StreamReset:
+            assert isinstance(event, StreamReset)
+            self._dispatch(self.proto.stream_reset(event.stream_id, event.error_code))
+        elif kind is StopSendingReceived:
+            assert isinstance(event, StopSendingReceived)
+            if event.stream_id == self.proto.control_qid:
+                self._fatal("relay stopped reading the control stream")
+            transport = self._streams.get(event.stream_id)
+            # A relay rejecting OPEN_STREAM may stop reading before the reject
+            # frame arrives: keep reading until the answer (or FIN) comes.
+            if transport is not None and event.stream_id not in self._openers:
+                transport.lost(ConnectionResetError("relay stopped reading the stream"))
+        elif kind is ConnectionClosed:
+            assert isinstance(event, ConnectionClosed)
+            self._lost(event.reason or f"connection closed (code {event.error_code})")
+            return
+        self._rearm()
+
+    def _dispatch(self, events: list[ev.Event]) -> None:
+        for event in events:
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            else:
+                log.debug("agent: event", extra=kv(event=repr(event)))
+
+    # -- protocol events --------------------------------------------------
+
+    def _hello_acked(self, event: ev.HelloAcknowledged) -> None:
+        if not self._hello.done():
+            self._hello.set_result(None)
+
+    def _hello_timed_out(self, event: ev.HelloTimedOut) -> None:
+        self._fatal(f"no HELLO_ACK within {self.proto.hello_timeout:g} s")
+
+    def _violated(self, event: ev.ProtocolViolated) -> None:
+        self._fatal(event.reason)
+
+    def _registered(self, event: ev.ServiceRegistered) -> None:
+        futs = self._registers.get(event.name)
+        if futs:
+            fut = futs.pop(0)
+            if not fut.done():
+                fut.set_result(event.service_id)
+
+    def _register_timed_out(self, event: ev.RegisterTimedOut) -> None:
+        futs = self._registers.get(event.name)
+        if futs:
+            fut = futs.pop(0)
+            if not fut.done():
+                fut.set_exception(
+                    RegisterFailed(
+                        f"agent: REGISTER {event.name!r}: no REGISTER_ACK within "
+                        f"{self.proto.register_timeout:g} s (the relay sends none when the "
+                        "controller refuses the registration)"
+                    )
+                )
+
+    def _stream_opened(self, event: ev.StreamOpened) -> None:
+        fut = self._openers.get(event.qid)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        if event.cause != "ready":
+            log.debug("agent: stream open without STREAM_READY", extra=kv(cause=event.cause))
+
+    def _stream_rejected(self, event: ev.StreamRejected) -> None:
+        _rejected.inc()
+        fut = self._openers.get(event.qid)
+        if fut is not None and not fut.done():
+            fut.set_exception(StreamRejected(event.code, event.reason))
+        transport = self._streams.get(event.qid)
+        if transport is not None:
+            transport.lost(StreamRejected(event.code, event.reason))
+            self.send(event.qid, b"", end_stream=True)
+            if not self.link.closed:
+                self.link.release(event.qid)
+
+    def _stream_aborted(self, event: ev.StreamAborted) -> None:
+        fut = self._openers.get(event.qid)
+        if fut is not None and not fut.done():
+            fut.set_exception(StreamFailed(f"agent: stream failed: {event.reason}"))
+        transport = self._streams.get(event.qid)
+        if transport is not None:
+            transport.lost(ConnectionResetError(event.reason))
+        else:
+            log.warning("agent: incoming stream dropped", extra=kv(reason=event.reason))
+            self.proto.forget_stream(event.qid)
+        self.abort_stream(event.qid)
+
+    def _incoming_stream(self, event: ev.IncomingStreamReceived) -> None:
+        _incoming.inc()
+        transport = RelayStreamTransport(
+            self,
+            event.qid,
+            {
+                "peername": self.link.addr,
+                "service": event.service,
+                "method": event.method,
+                "peer_uri": event.source_uri,
+                "stream_id": event.stream_id,
+            },
+            high_water=self._high_water,
+        )
+        reader, writer = open_stream_pair(transport)
+        self._streams[event.qid] = transport
+        self._on_incoming(self, event, reader, writer)
+
+    def _data(self, event: ev.DataReceived) -> None:
+        transport = self._streams.get(event.qid)
+        if transport is not None:
+            transport.feed_data(event.data)
+
+    def _ended(self, event: ev.StreamEnded) -> None:
+        transport = self._streams.get(event.qid)
+        if transport is not None:
+            transport.feed_eof()
+
+    # -- internals --------------------------------------------------------
+
+    def _fatal(self, reason: str) -> None:
+        log.warning("agent: dropping relay session", extra=kv(relay=self.relay, reason=reason))
+        if not self._hello.done():
+            self._hello.set_exception(HandshakeFailed(f"agent: relay {self.relay}: {reason}"))
+        if not self.link.closed:
+            self.link.close(0, reason[:200])
+
+    def _lost(self, reason: str) -> None:
+        if self._closed.done():
+            return
+        self._closed.set_result(reason)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        error = NotConnected(f"agent: relay session lost: {reason}")
+        if not self._hello.done():
+            self._hello.set_exception(HandshakeFailed(f"agent: relay {self.relay}: {reason}"))
+        for futs in self._registers.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(error)
+        self._registers.clear()
+        for opener in self._openers.values():
+            if not opener.done():
+                opener.set_exception(error)
+        for transport in list(self._streams.values()):
+            transport.lost(ConnectionResetError(f"relay session lost: {reason}"))
+        self._streams.clear()
+        # Futures nobody awaits any more must not log "exception never retrieved".
+        for done in [self._hello, *self._openers.values()]:
+            if done.done() and not done.cancelled():
+                done.exception()
+
+    def _rearm(self) -> None:
+        at = None if self.closed else self.proto.next_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._dispatch(self.proto.handle_timer(self._loop.time()))
+        self._rearm()
+
+
+_HANDLERS: dict[type, Callable[[Session, Any], None]] = {
+    ev.HelloAcknowledged: Session._hello_acked,
+    ev.HelloTimedOut: Session._hello_timed_out,
+    ev.ProtocolViolated: Session._violated,
+    ev.ServiceRegistered: Session._registered,
+    ev.RegisterTimedOut: Session._register_timed_out,
+    ev.StreamOpened: Session._stream_opened,
+    ev.StreamRejected: Session._stream_rejected,
+    ev.StreamAborted: Session._stream_aborted,
+    ev.IncomingStreamReceived: Session._incoming_stream,
+    ev.DataReceived: Session._data,
+    ev.StreamEnded: Session._ended,
+}

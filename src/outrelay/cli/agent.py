@@ -1,0 +1,171 @@
+"""``outrelay agent``: run an agent (thin over :class:`outrelay.agent.RunConfig`).
+
+Exit codes: 0 after SIGINT/SIGTERM, 1 when no relay answers or a REGISTER is
+not acknowledged at startup (or a listener cannot be bound), 2 for usage
+errors (missing --cert/--key/--ca, a bad NAME=HOST:PORT, a bad --uri).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import click
+
+from outrelay.agent.config import Mapping
+from outrelay.cli import fail
+
+
+def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
+    out = []
+    seen: set[str] = set()
+    for value in values:
+        try:
+            mapping = Mapping.parse(value)
+        except ValueError as exc:
+            fail(f"{flag}: {exc}", usage=True)
+        if mapping.name in seen:
+            fail(f"{flag}: service {mapping.name!r} given twice", usage=True)
+        seen.add(mapping.name)
+        out.append(mapping)
+    return tuple(out)
+
+
+@click.command()
+@click.option(
+    "--relay",
+    "relays",
+    multiple=True,
+    default=("127.0.0.1:7443",),
+    show_default=True,
+    help="Relay QUIC HOST:PORT; comma-separated and/or repeated, tried in order.",
+)
+@click.option("--cert", type=click.Path(dir_okay=False), help="Agent certificate (PEM). Required.")
+@click.option("--key", type=click.Path(dir_okay=False), help="Agent private key (PEM). Required.")
+@click.option("--ca", type=click.Path(dir_okay=False), help="CA bundle (PEM). Required.")
+@click.option("--uri", default="", help="Agent URI (default: the certificate's first URI SAN).")
+@click.option("--server-name", default="localhost", show_default=True, help="Relay TLS name.")
+@click.option(
+    "--expose",
+    multiple=True,
+    metavar="NAME=HOST:PORT",
+    help="Provide NAME by dialling the TCP backend HOST:PORT per stream (repeatable).",
+)
+@click.option(
+    "--consume",
+    multiple=True,
+    metavar="NAME=HOST:PORT",
+    help="Listen on HOST:PORT (port 0: any) and send each connection to NAME (repeatable).",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(16 * 1024, 1 << 30),
+    default=1024 * 1024,
+    show_default=True,
+    help="Per-stream window in bytes (QUIC receive window and send high-water mark).",
+)
+@click.option("--debug-listen", default="", help="Debug HTTP HOST:PORT ('' disables).")
+@click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--ready-file",
+    default="",
+    help="Write JSON (relay, consumer listener addresses, pid) here once the session is up.",
+)
+def agent(
+    relays: tuple[str, ...],
+    cert: str | None,
+    key: str | None,
+    ca: str | None,
+    uri: str,
+    server_name: str,
+    expose: tuple[str, ...],
+    consume: tuple[str, ...],
+    window: int,
+    debug_listen: str,
+    metrics_dump: str,
+    log_format: str,
+    log_level: str,
+    ready_file: str,
+) -> None:
+    """Run an agent: one mTLS QUIC session to the first relay that answers.
+
+    Exposed services are registered with the relay and each incoming stream
+    is bridged to its local backend (404 for an unknown service, 502 when the
+    backend refuses). Each connection accepted on a --consume listener is
+    opened as a stream to the named service; a rejected stream closes the
+    local connection. The session is re-established with backoff (0, 1, 2,
+    4 ... 30 s) and the registrations replayed.
+    """
+    from outrelay.agent.config import AgentConfig, RunConfig, parse_hostport, split_relays
+    from outrelay.identity import IdentityError, parse
+
+    missing = [flag for flag, v in (("--cert", cert), ("--key", key), ("--ca", ca)) if not v]
+    if missing:
+        fail(f"{', '.join(missing)} required", usage=True)
+    assert cert and key and ca
+    relay_list = split_relays(relays)
+    if not relay_list:
+        fail("--relay: no relay address given", usage=True)
+    for relay in relay_list:
+        try:
+            parse_hostport(relay)
+        except ValueError as exc:
+            fail(f"--relay: {exc}", usage=True)
+    if uri:
+        try:
+            parse(uri)
+        except IdentityError as exc:
+            fail(f"--uri: {exc}", usage=True)
+    if debug_listen:
+        try:
+            parse_hostport(debug_listen)
+        except ValueError as exc:
+            fail(f"--debug-listen: {exc}", usage=True)
+    expose_maps = _mappings(expose, "--expose")
+    consume_maps = _mappings(consume, "--consume")
+    for path in (cert, key, ca):
+        if not os.path.isfile(path):
+            fail(f"cannot read {path}: no such file")
+    config = RunConfig(
+        agent=AgentConfig(
+            relays=tuple(relay_list),
+            cert=cert,
+            key=key,
+            ca=ca,
+            uri=uri or None,
+            server_name=server_name,
+            window=window,
+        ),
+        expose=expose_maps,
+        consume=consume_maps,
+        debug_listen=debug_listen,
+        metrics_dump=metrics_dump,
+        ready_file=ready_file,
+        log_format=log_format,
+        log_level=log_level.lower(),
+    )
+    from outrelay.agent.errors import AgentError
+    from outrelay.agent.runner import run
+    from outrelay.errors import OutRelayError
+    from outrelay.observe import setup_logging
+
+    setup_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(run(config))
+    except KeyboardInterrupt:
+        pass
+    except IdentityError as exc:
+        fail(str(exc))
+    except (AgentError, OutRelayError) as exc:
+        fail(str(exc))
+    except (OSError, ValueError) as exc:
+        fail(f"agent: {exc}")

@@ -1,0 +1,336 @@
+"""Agents as real processes: controller + relay + provider and consumer agents on 127.0.0.1.
+
+Policy: allow-all plus a deny rule for ``svc-denied`` (DENY wins). The
+provider exposes ``svc-echo`` (a TCP echo backend that half-closes after
+EOF) and ``svc-down`` (a port nobody listens on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from outrelay.agent import Agent, AgentConfig, StreamRejected
+from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.proto import policy_pb2 as pp
+from outrelay.proto import policy_pb2_grpc as pg
+from outrelay.relay.testing import RelayProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+TENANT = "acme"
+
+
+class AgentProcess:
+    """``outrelay agent`` as a child process, ready once its ready file exists."""
+
+    def __init__(self, workdir: Path, name: str, args: list[str]) -> None:
+        self.workdir = workdir
+        self.ready_file = workdir / f"{name}-ready.json"
+        self.log_path = workdir / f"{name}.log"
+        self.cmd = [sys.executable, "-m", "outrelay", "agent", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, timeout: float = 30.0) -> AgentProcess:
+        self.ready_file.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [*self.cmd, "--ready-file", str(self.ready_file)],
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log()}")
+            if self.ready_file.exists():
+                self.info = json.loads(self.ready_file.read_text())
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"agent not ready after {timeout}s:\n{self.log()}")
+
+    def consume_addr(self, service: str) -> tuple[str, int]:
+        host, _, port = self.info["consume"][service].rpartition(":")
+        return host, int(port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} x{count} not logged:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        while data := sock.recv(65536):
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class Env:
+    work: Path
+    pki: Path
+    ctl: ControllerProcess
+    relay: RelayProcess
+    relay_port: int
+    provider: AgentProcess
+    consumer: AgentProcess
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _relay(work: Path, pki: Path, ctl: ControllerProcess, port: int, name: str) -> RelayProcess:
+    return RelayProcess(
+        work,
+        cert=pki / "relay-r1.crt",
+        key=pki / "relay-r1.key",
+        ca=pki / "ca.crt",
+        controller=ctl.target,
+        args=["--relay-id", "r1", "--tenant", TENANT, "--listen", f"127.0.0.1:{port}"],
+        name=name,
+    )
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("agentproc")
+    pki = dev_pki(work / "pki")
+    ctl = ControllerProcess(work, pki)
+    backend = _EchoServer(("127.0.0.1", 0), _EchoHandler)
+    thread = threading.Thread(target=backend.serve_forever, daemon=True)
+    thread.start()
+    procs: list[Any] = []
+    try:
+        ctl.start()
+        admin = ctl.channel("admin")
+        stub = pg.PolicyStub(admin)
+        for rule_id, target, decision in (
+            ("allow-all", "*", pp.DECISION_ALLOW),
+            ("deny-denied", "svc-denied", pp.DECISION_DENY),
+        ):
+            rule = pp.PolicyRule(
+                id=rule_id,
+                tenant=TENANT,
+                caller_pattern="*",
+                target_pattern=target,
+                decision=decision,
+            )
+            stub.AddPolicy(pp.AddPolicyRequest(rule=rule), timeout=5)
+        admin.close()
+        relay_port = _free_port()
+        relay = _relay(work, pki, ctl, relay_port, "relay-1")
+        procs.append(relay)
+        relay.start()
+        relay_addr = f"127.0.0.1:{relay_port}"
+        common = ["--relay", relay_addr, "--ca", str(pki / "ca.crt"), "--log-level", "debug"]
+        backend_port = backend.server_address[1]
+        provider = AgentProcess(
+            work,
+            "provider",
+            [
+                *common,
+                "--cert",
+                str(pki / "agent-provider.crt"),
+                "--key",
+                str(pki / "agent-provider.key"),
+                "--expose",
+                f"svc-echo=127.0.0.1:{backend_port}",
+                "--expose",
+                f"svc-down=127.0.0.1:{_free_port()}",
+            ],
+        )
+        procs.append(provider)
+        provider.start()
+        consumer = AgentProcess(
+            work,
+            "consumer",
+            [
+                *common,
+                "--cert",
+                str(pki / "agent-consumer.crt"),
+                "--key",
+                str(pki / "agent-consumer.key"),
+                *[
+                    arg
+                    for svc in ("svc-echo", "svc-denied", "svc-down", "svc-missing")
+                    for arg in ("--consume", f"{svc}=127.0.0.1:0")
+                ],
+            ],
+        )
+        procs.append(consumer)
+        consumer.start()
+        yield Env(work, pki, ctl, relay, relay_port, provider, consumer)
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+        ctl.kill()
+        backend.shutdown()
+        backend.server_close()
+
+
+def _exchange(addr: tuple[str, int], payload: bytes, timeout: float = 20.0) -> bytes:
+    """Send ``payload``, half-close, and read until the other side closes."""
+    with socket.create_connection(addr, timeout=timeout) as sock:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # a rejected stream closes the socket early
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):
+                chunks.append(data)
+        sender.join(timeout)
+        return b"".join(chunks)
+
+
+def test_ready_file_and_uri_default(env: Env) -> None:
+    info = env.consumer.info
+    assert info["uri"] == f"outrelay://{TENANT}/agent/00000000-0000-0000-0000-000000000002"
+    assert set(info["consume"]) == {"svc-echo", "svc-denied", "svc-down", "svc-missing"}
+    assert all(not a.endswith(":0") for a in info["consume"].values())
+
+
+def test_byte_exact_both_ways_with_half_close(env: Env) -> None:
+    payload = os.urandom(2 * 1024 * 1024 + 3)
+    got = _exchange(env.consumer.consume_addr("svc-echo"), payload)
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+    # A small one-shot request, `printf ... | nc` style.
+    assert _exchange(env.consumer.consume_addr("svc-echo"), b"ping\n") == b"ping\n"
+
+
+def test_policy_deny_closes_local_connection(env: Env) -> None:
+    assert _exchange(env.consumer.consume_addr("svc-denied"), b"secret") == b""
+    env.consumer.wait_log("rejected: 403")
+
+
+def test_unknown_service_is_404(env: Env) -> None:
+    assert _exchange(env.consumer.consume_addr("svc-missing"), b"x") == b""
+    env.consumer.wait_log("rejected: 404 service not found")
+
+
+def test_backend_down_is_502_at_the_provider(env: Env) -> None:
+    assert _exchange(env.consumer.consume_addr("svc-down"), b"x") == b""
+    env.provider.wait_log("rejecting incoming stream: 502 dial tcp 127.0.0.1:")
+    env.consumer.wait_log("rejected: 503 provider rejected")
+
+
+def test_sdk_inside_one_asyncio_program(env: Env) -> None:
+    pki = env.pki
+    relays = (f"127.0.0.1:{env.relay_port}",)
+
+    def config(who: str) -> AgentConfig:
+        return AgentConfig(
+            relays=relays,
+            cert=pki / f"agent-{who}.crt",
+            key=pki / f"agent-{who}.key",
+            ca=pki / "ca.crt",
+        )
+
+    async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()
+        writer.write(data.upper())
+        writer.write_eof()
+
+    async def main() -> None:
+        # The provider identity is already used by the provider process; the
+        # relay keeps one connection per URI, so this program plays both
+        # roles with the consumer identity and a service of its own.
+        async with Agent(config("consumer")) as agent:
+            await agent.serve("svc-sdk", upper)
+            reader, writer = await agent.open_connection("svc-sdk")
+            writer.write(b"hello sdk")
+            writer.write_eof()
+            assert await reader.read() == b"HELLO SDK"
+            writer.close()
+            with pytest.raises(StreamRejected) as info:
+                await agent.open_connection("svc-denied")
+            assert info.value.code == 403
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    # The consumer process was displaced from the relay's URI map; let it reconnect.
+
+
+@pytest.mark.slow
+def test_reconnect_after_relay_restart(env: Env) -> None:
+    before_p = env.provider.log().count("relay session up")
+    before_c = env.consumer.log().count("relay session up")
+    assert env.relay.stop() == 0
+    env.provider.wait_log("session lost; reconnecting")
+    relay = _relay(env.work, env.pki, env.ctl, env.relay_port, "relay-2")
+    try:
+        relay.start()
+        env.provider.wait_log("relay session up", before_p + 1, timeout=60)
+        env.consumer.wait_log("relay session up", before_c + 1, timeout=60)
+        payload = os.urandom(100_000)
+        got = b""
+        deadline = time.monotonic() + 30
+        # Registration replay reaches the controller before the REGISTER_ACK,
+        # so the first stream after "session up" must work; retry only in
+        # case the consumer raced ahead of the provider's replay.
+        while got != payload and time.monotonic() < deadline:
+            got = _exchange(env.consumer.consume_addr("svc-echo"), payload)
+        assert got == payload
+        assert env.consumer.stop() == 0
+        assert env.provider.stop() == 0
+    finally:
+        relay.kill()
+        with contextlib.suppress(Exception):
+            env.consumer.kill()
+            env.provider.kill()
