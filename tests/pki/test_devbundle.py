@@ -31,7 +31,9 @@ def test_layout_and_modes(bundle_dir: Path) -> None:
         [f"{s}.crt" for s in stems] + [f"{s}.key" for s in stems] + ["secrets.yaml"]
     )
     for path in bundle_dir.iterdir():
-        want = 0o600 if path.suffix == ".key" else 0o644
+        # secrets.yaml holds private keys too
+        private = path.suffix == ".key" or path.name == "secrets.yaml"
+        want = 0o600 if private else 0o644
         assert stat.S_IMODE(path.stat().st_mode) == want, path
     expected = {
         "relay-r1": "outrelay://acme/relay/r1",
@@ -51,7 +53,11 @@ def test_layout_and_modes(bundle_dir: Path) -> None:
 def test_secrets_yaml(bundle_dir: Path) -> None:
     text = (bundle_dir / "secrets.yaml").read_text()
     docs = re.split(r"(?m)^---\n", text)
-    assert len(docs) == 3
+    assert len(docs) == 4
+    controller, *docs = docs
+    assert "  name: outrelay-controller-tls\n" in controller
+    assert "outrelay.dev/uri" not in controller
+    assert (bundle_dir / "controller.crt").read_text().splitlines()[1] in controller
     names = ["outrelay-relay-tls", "outrelay-agent-provider-tls", "outrelay-agent-consumer-tls"]
     uris = ["outrelay://acme/relay/r1", PROVIDER, CONSUMER]
     stems = ["relay-r1", "agent-provider", "agent-consumer"]
@@ -66,6 +72,15 @@ def test_secrets_yaml(bundle_dir: Path) -> None:
         assert "".join(f"    {line}\n" for line in cert.splitlines()) in doc
         assert "  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n" in doc
         assert "  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n" in doc
+
+
+def test_controller_cert_names(bundle_dir: Path) -> None:
+    cert = x509.load_pem_x509_certificate((bundle_dir / "controller.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = san.get_values_for_type(x509.DNSName)
+    assert "localhost" in dns
+    assert "outrelay-controller.outrelay.svc.cluster.local" in dns
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
 def test_options_and_validation(tmp_path: Path) -> None:
@@ -83,11 +98,12 @@ def test_secrets_yaml_parses(bundle_dir: Path) -> None:
     yaml = pytest.importorskip("yaml")
     docs = list(yaml.safe_load_all((bundle_dir / "secrets.yaml").read_text()))
     assert [d["metadata"]["name"] for d in docs] == [
+        "outrelay-controller-tls",
         "outrelay-relay-tls",
         "outrelay-agent-provider-tls",
         "outrelay-agent-consumer-tls",
     ]
-    provider = docs[1]
+    provider = docs[2]
     assert provider["metadata"]["annotations"]["outrelay.dev/uri"] == PROVIDER
     assert provider["stringData"]["tls.crt"] == (bundle_dir / "agent-provider.crt").read_text()
     assert provider["stringData"]["tls.key"] == (bundle_dir / "agent-provider.key").read_text()

@@ -2,9 +2,10 @@
 
 Writes a brand-new CA, a relay leaf, the provider and consumer agent leaves
 (fixed UUIDs ...0001 and ...0002), and ``secrets.yaml`` with the three
-Kubernetes Secrets of the spec (§5). OutRelay adds a controller server
-certificate (no identity URI; DNS ``localhost``, IP ``127.0.0.1``) and an
-operator leaf ``outrelay://<tenant>/admin/admin``. Development only: it
+Kubernetes Secrets of the spec (§5) plus ``outrelay-controller-tls``
+(our controller serves TLS). OutRelay adds a controller server certificate
+(no identity URI; DNS ``localhost`` and the in-cluster Service names, IP
+``127.0.0.1``) and an operator leaf ``outrelay://<tenant>/admin/admin``. Development only: it
 overwrites files and the CA key sits next to the leaves.
 """
 
@@ -62,7 +63,7 @@ def _indented(pem: bytes) -> str:
 
 
 def secret_yaml(name: str, namespace: str, uri: str, cert: bytes, key: bytes, ca: bytes) -> str:
-    """One ``v1`` Secret document in the reference's layout."""
+    """One ``v1`` Secret in the reference's layout (no URI annotation for an empty uri)."""
     return (
         "apiVersion: v1\n"
         "kind: Secret\n"
@@ -72,9 +73,8 @@ def secret_yaml(name: str, namespace: str, uri: str, cert: bytes, key: bytes, ca
         "  labels:\n"
         "    app.kubernetes.io/part-of: outrelay\n"
         "    app.kubernetes.io/managed-by: outrelay\n"
-        "  annotations:\n"
-        f'    outrelay.dev/uri: "{uri}"\n'
-        "type: Opaque\n"
+        + (f'  annotations:\n    outrelay.dev/uri: "{uri}"\n' if uri else "")
+        + "type: Opaque\n"
         "stringData:\n"
         "  tls.crt: |\n"
         + _indented(cert)
@@ -113,7 +113,19 @@ def write_dev_bundle(config: DevBundleConfig) -> DevBundle:
 
     bundle.files.append(write_public(out / "ca.crt", ca.cert_pem))
     bundle.files.append(write_private(out / "ca.key", ca.key_pem))
-    emit("controller", *ca.issue_server(ttl=DEV_LEAF_TTL, ip_addresses=["127.0.0.1"]))
+    # The in-cluster names of the controller Service (deployments/) as well as
+    # loopback, so one dev bundle serves both `make demo` and a cluster.
+    service = "outrelay-controller"
+    controller_dns = [
+        service,
+        f"{service}.{config.namespace}",
+        f"{service}.{config.namespace}.svc",
+        f"{service}.{config.namespace}.svc.cluster.local",
+    ]
+    controller = ca.issue_server(
+        ttl=DEV_LEAF_TTL, dns_names=controller_dns, ip_addresses=["127.0.0.1"]
+    )
+    emit("controller", *controller)
     leaves = {
         "relay": f"relay-{config.relay_id}",
         "provider": "agent-provider",
@@ -125,14 +137,19 @@ def write_dev_bundle(config: DevBundleConfig) -> DevBundle:
         key, cert = ca.issue(identities[name], DEV_LEAF_TTL)
         emit(stem, key, cert)
         pems[name] = (cert_pem(cert), key_pem(key))
+    pems["controller"] = (cert_pem(controller[1]), key_pem(controller[0]))
     secrets = [
+        ("outrelay-controller-tls", "controller"),
         ("outrelay-relay-tls", "relay"),
         ("outrelay-agent-provider-tls", "provider"),
         ("outrelay-agent-consumer-tls", "consumer"),
     ]
     docs = [
-        secret_yaml(secret, config.namespace, str(identities[name]), *pems[name], ca.cert_pem)
+        secret_yaml(
+            secret, config.namespace, str(identities.get(name, "")), *pems[name], ca.cert_pem
+        )
         for secret, name in secrets
     ]
-    bundle.files.append(write_public(out / "secrets.yaml", "---\n".join(docs)))
+    # The Secrets carry private keys: the file is as private as a .key file.
+    bundle.files.append(write_private(out / "secrets.yaml", "---\n".join(docs).encode()))
     return bundle
