@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv build proto lint test test-fast test-pure bench wheel wheel-check demo clean
+.PHONY: help venv build proto lint test test-fast bench wheel demo image clean
 
 help:
 	@echo "make test     - venv, build extensions, ruff + mypy, full suite (compiled, then data plane pure)"
@@ -16,6 +16,7 @@ help:
 	@echo "make proto    - regenerate src/outrelay/proto from proto/"
 	@echo "make wheel    - build a manylinux wheel into wheels/"
 	@echo "make test-fast - suite without slow/e2e/wheel tests"
+	@echo "make image    - container image outrelay:dev (needs a Docker engine)"
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,3 +59,6 @@ clean:
 	rm -rf build dist wheels/*.whl .pytest_cache .mypy_cache .ruff_cache
 	find src -name '*.so' -delete
 	find src/outrelay/_fast -name '*.c' -delete
+
+image:
+	docker build -f deployments/Dockerfile -t outrelay:dev .
