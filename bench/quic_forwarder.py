@@ -1,17 +1,21 @@
-"""A bare two-leg QUIC forwarder on aioquic's public API: the baseline for relay benchmarks.
+"""A bare two-leg QUIC forwarder on aioquic: the baseline for relay benchmarks.
 
-No policy, no ORP, no flow control beyond aioquic's own: the first two
-connections become legs A and B, and bytes arriving on stream ``s`` of one leg
-are written to stream ``s`` of the other (held until the other leg has opened
-``s`` too, since a server cannot write to a client stream the client has not
-opened). It is what "a relay in Python on aioquic" costs at the least, so
-OutRelay's relay numbers can be read against it.
+No policy, no ORP, no mutual TLS, no flow control beyond aioquic's own. A
+connection whose stream 0 starts with the byte ``P`` is a *provider*; every
+other connection is a *consumer*. Each new stream a consumer opens is paired
+with a new stream the forwarder opens on the next provider (round robin), and
+bytes, FIN and resets are copied both ways between the two, exactly the shape
+of OutRelay's splice (consumer stream <-> relay-opened provider stream). It is
+what "a relay in Python on aioquic" costs at the least, so OutRelay's relay
+numbers can be read against it (``bench/relay_bench.py``).
 
     python bench/quic_forwarder.py --port 0            # prints "port <n>"
     python bench/quic_forwarder.py --self-check        # forwards 8 MiB, prints MB/s
 
-Without ``--cert``/``--key`` a throw-away self-signed certificate is used
-(clients must not verify it).
+Like aioquic's own examples it drives ``QuicConnectionProtocol._quic``
+directly (``send_stream_data``, ``get_next_available_stream_id``). Without
+``--cert``/``--key`` a throw-away self-signed certificate is used (clients
+must not verify it).
 """
 
 from __future__ import annotations
@@ -27,22 +31,48 @@ from pathlib import Path
 
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
 
 ALPN = "orp/1"
+#: First byte a provider writes on its stream 0.
+PROVIDER_MARK = b"P"
 
 
 class Forwarder:
-    """Pairs the first two connections and copies stream data between them."""
+    """The providers, for round-robin choice, and a byte counter."""
 
     def __init__(self) -> None:
-        self.legs: list[Leg] = []
+        self.providers: list[Leg] = []
+        self.next = 0
         self.forwarded = 0
 
-    def other(self, leg: Leg) -> Leg | None:
-        if len(self.legs) < 2:
+    def pick(self) -> Leg | None:
+        if not self.providers:
             return None
-        return self.legs[1] if leg is self.legs[0] else self.legs[0]
+        self.next = (self.next + 1) % len(self.providers)
+        return self.providers[self.next]
+
+
+class Route:
+    """One consumer stream paired with one provider stream."""
+
+    __slots__ = ("a", "a_stream", "b", "b_stream", "fins")
+
+    def __init__(self, a: Leg, a_stream: int, b: Leg, b_stream: int) -> None:
+        self.a, self.a_stream, self.b, self.b_stream = a, a_stream, b, b_stream
+        self.fins = 0
+
+    def other(self, leg: Leg) -> tuple[Leg, int]:
+        return (self.b, self.b_stream) if leg is self.a else (self.a, self.a_stream)
+
+    def drop(self) -> None:
+        self.a.routes.pop(self.a_stream, None)
+        self.b.routes.pop(self.b_stream, None)
 
 
 class Leg(QuicConnectionProtocol):
@@ -50,29 +80,61 @@ class Leg(QuicConnectionProtocol):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.opened: set[int] = set()
-        self.held: dict[int, list[tuple[bytes, bool]]] = {}
-        self.forwarder.legs.append(self)
+        self.routes: dict[int, Route] = {}
+        self.provider = False
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
-            self.opened.add(event.stream_id)
-            other = self.forwarder.other(self)
-            if other is None or event.stream_id not in other.opened:
-                self.held.setdefault(event.stream_id, []).append((event.data, event.end_stream))
-            else:
-                other.write(event.stream_id, event.data, event.end_stream)
-            # Release what the other leg held for this stream, now that it exists here.
-            if other is not None:
-                for data, fin in other.held.pop(event.stream_id, []):
-                    self.write(event.stream_id, data, fin)
-        elif isinstance(event, ConnectionTerminated) and self in self.forwarder.legs:
-            self.forwarder.legs.remove(self)
+            route = self.routes.get(event.stream_id)
+            if route is None:
+                route = self._new_route(event)
+                if route is None:
+                    return
+            other, other_stream = route.other(self)
+            other._quic.send_stream_data(other_stream, event.data, event.end_stream)
+            other.transmit()
+            self.forwarder.forwarded += len(event.data)
+            if event.end_stream:
+                route.fins += 1
+                if route.fins == 2:
+                    route.drop()
+        elif isinstance(event, StreamReset):
+            route = self.routes.get(event.stream_id)
+            if route is not None:
+                other, other_stream = route.other(self)
+                other._quic.reset_stream(other_stream, event.error_code)
+                other.transmit()
+                route.drop()
+        elif isinstance(event, ConnectionTerminated):
+            if self in self.forwarder.providers:
+                self.forwarder.providers.remove(self)
+            for route in list(self.routes.values()):
+                other, other_stream = route.other(self)
+                try:
+                    other._quic.reset_stream(other_stream, 0x101)
+                    other.transmit()
+                except Exception:
+                    pass
+                route.drop()
 
-    def write(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        self._quic.send_stream_data(stream_id, data, end_stream)
-        self.forwarder.forwarded += len(data)
-        self.transmit()
+    def _new_route(self, event: StreamDataReceived) -> Route | None:
+        stream_id = event.stream_id
+        if not self.provider and stream_id == 0 and event.data.startswith(PROVIDER_MARK):
+            self.provider = True
+            self.forwarder.providers.append(self)
+            return None
+        if self.provider or stream_id % 4 != 0:
+            return None  # a provider's own streams, or streams of the wrong kind
+        provider = self.forwarder.pick()
+        if provider is None:
+            self._quic.reset_stream(stream_id, 0x101)
+            self.transmit()
+            return None
+        provider_stream = provider._quic.get_next_available_stream_id()
+        route = Route(self, stream_id, provider, provider_stream)
+        self.routes[stream_id] = route
+        provider.routes[provider_stream] = route
+        return route
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -119,7 +181,7 @@ async def start(host: str, port: int, cert: Path, key: Path) -> tuple[Forwarder,
 
 
 async def self_check(size: int) -> float:
-    """Forward ``size`` bytes A -> B through a local forwarder; return bytes/s."""
+    """Forward ``size`` bytes consumer -> provider through a local forwarder; return bytes/s."""
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = self_signed(Path(tmp))
         forwarder, server, port = await start("127.0.0.1", 0, cert, key)
@@ -128,27 +190,28 @@ async def self_check(size: int) -> float:
         got = 0
         done = asyncio.get_running_loop().create_future()
 
-        class Receiver(QuicConnectionProtocol):
+        class Provider(QuicConnectionProtocol):
             def quic_event_received(self, event: QuicEvent) -> None:
                 nonlocal got
-                if isinstance(event, StreamDataReceived):
+                if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 1:
                     got += len(event.data)
                     if event.end_stream and not done.done():
                         done.set_result(None)
 
-        class Sink(QuicConnectionProtocol):
+        class Consumer(QuicConnectionProtocol):
             # The default protocol wraps each incoming stream in an asyncio
             # StreamWriter whose __del__ closes it, i.e. sends FIN on our stream.
             def quic_event_received(self, event: QuicEvent) -> None:
                 pass
 
         async with (
-            connect("127.0.0.1", port, configuration=client_config, create_protocol=Receiver) as b,
-            connect("127.0.0.1", port, configuration=client_config, create_protocol=Sink) as a,
+            connect("127.0.0.1", port, configuration=client_config, create_protocol=Provider) as b,
+            connect("127.0.0.1", port, configuration=client_config, create_protocol=Consumer) as a,
         ):
-            # B opens stream 0 (one byte, which A receives) so the forwarder may write to it.
-            b._quic.send_stream_data(0, b"h")
+            b._quic.send_stream_data(0, PROVIDER_MARK)
             b.transmit()
+            while not forwarder.providers:
+                await asyncio.sleep(0.01)
             chunk = b"x" * 65536
             start_time = time.perf_counter()
             sent = 0

@@ -10,6 +10,7 @@ the controller answers (the reference discards it); the queue stays bounded.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -26,8 +27,13 @@ BATCH = 256
 log = logging.getLogger("outrelay.relay")
 
 
+@functools.lru_cache(maxsize=4096)
 def tenant_of(uri: str) -> str:
-    """The tenant segment of an identity URI, '' if it does not parse."""
+    """The tenant segment of an identity URI, '' if it does not parse.
+
+    Cached: every OPEN_STREAM asks this for the same few agent URIs, and a
+    full parse is a measurable share of the relay's per-open work.
+    """
     try:
         return parse(uri).tenant
     except IdentityError:

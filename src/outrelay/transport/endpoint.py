@@ -2,11 +2,14 @@
 
 Datagrams are fed to the connection, its events are dispatched at once to the
 application (a callback, or a queue for simple users), and whatever any
-connection has to send is flushed once per event-loop pass: a burst of
-received datagrams and the sends they cause on other connections go out in
-one ``datagrams_to_send`` call per connection, not one per event. There is no
-per-chunk ``StreamReader``: stream data goes straight from the event to
-whoever handles it (for the relay, the other leg's :meth:`Link.send`).
+connection has to send is flushed once per burst: the socket
+(:mod:`outrelay.transport.udp`) reads every pending datagram per wake-up, and
+only then does each connection that has something to say get one
+``datagrams_to_send`` call, so the ACKs and forwarded data a burst causes on
+all connections share packets. Output produced outside a burst (a task
+writing) is flushed once per event-loop pass. There is no per-chunk
+``StreamReader``: stream data goes straight from the event to whoever handles
+it (for the relay, the other leg's :meth:`Link.send`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from aioquic.buffer import Buffer
 from aioquic.quic.packet import (
@@ -28,6 +31,7 @@ from outrelay.transport import events as ev
 from outrelay.transport.config import TransportConfig
 from outrelay.transport.connection import NetworkAddress, OrpConnection
 from outrelay.transport.errors import ConnectionClosedError, HandshakeError
+from outrelay.transport.udp import UdpTransport, open_udp
 from outrelay.transport.verify import load_ca_bundle
 
 log = logging.getLogger("outrelay.transport")
@@ -50,6 +54,9 @@ class Link:
         self.addr = addr
         #: Called synchronously with every event after the handshake verified.
         self.on_event: EventHandler | None = None
+        #: Called with ICMP errors reported on a client's connected UDP socket
+        #: (``ConnectionRefusedError``: nobody listens at the peer's port now).
+        self.on_socket_error: Callable[[Exception], None] | None = None
         self._driver = driver
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._closed = driver.loop.create_future()
@@ -176,32 +183,37 @@ class Link:
         self._dispatch()
 
     def _rearm(self) -> None:
+        # aioquic's next deadline moves with nearly every packet (loss timer,
+        # idle timer). Rescheduling the loop timer each time costs more than
+        # an early wake-up, so a pending timer that fires at or before the new
+        # deadline is kept: handle_timer does nothing before its time, and the
+        # flush after it re-arms for the real deadline.
         at = None if self._closed.done() else self.conn.get_timer()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None:
+            if at is not None and self._timer_at is not None and self._timer_at <= at:
+                return
+            if at is None and not self._closed.done():
+                return  # an early wake-up is harmless; avoid the cancel
+            timer.cancel()
             self._timer = None
         self._timer_at = at
         if at is not None:
             self._timer = self._driver.loop.call_at(at, self._on_timer)
 
 
-class _Driver(asyncio.DatagramProtocol):
+class _Driver:
     """The UDP socket shared by a server's (or one client's) links."""
 
     def __init__(self, config: TransportConfig) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: UdpTransport | None = None
         self.links: dict[bytes, Link] = {}
         self._dirty: set[Link] = set()
         self._flush_scheduled = False
-        self._connected = False  # client socket: sendto without an address
+        self._in_burst = False  # reading datagrams: burst_done flushes
         self._lost: asyncio.Future[None] = self.loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._lost.done():
@@ -209,22 +221,36 @@ class _Driver(asyncio.DatagramProtocol):
 
     def mark(self, link: Link) -> None:
         self._dirty.add(link)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._in_burst:
             self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        if self._flush_scheduled:
+            self.flush()
+
+    def burst_done(self) -> None:
+        """The socket read everything pending: flush what the burst caused, once."""
+        self._in_burst = False
+        if self._dirty:
+            self.flush()
 
     def flush(self) -> None:
+        """Send what every marked link has to send, then re-arm its timer."""
         self._flush_scheduled = False
+        self._in_burst = False
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, set()
         transport = self.transport
+        alive = transport is not None and not transport.is_closing()
         now = self.loop.time()
         for link in dirty:
-            if transport is not None and not transport.is_closing():
-                for data, addr in link.conn.datagrams_to_send(now):
-                    if self._connected:
-                        transport.sendto(data)
-                    else:
-                        transport.sendto(data, addr)
+            if alive:
+                datagrams = link.conn.datagrams_to_send(now)
+                if datagrams:
+                    assert transport is not None
+                    transport.send_all(datagrams)
             link._rearm()
 
     def route(self, cid: bytes, link: Link) -> None:
@@ -273,6 +299,7 @@ class Server(_Driver):
         return self.address[1]
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        self._in_burst = True
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._quic_config.connection_id_length
@@ -343,8 +370,21 @@ class _Client(_Driver):
     link: Link
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        self._in_burst = True
         self.link.conn.receive_datagram(data, addr, self.loop.time())
         self.link._dispatch()
+
+    def error_received(self, exc: Exception) -> None:
+        super().error_received(exc)
+        link = getattr(self, "link", None)
+        if link is None:
+            return
+        if isinstance(exc, ConnectionRefusedError) and not link._verified.done():
+            # Nothing listens there: fail the dial now, not at the handshake timeout.
+            link._verified.set_exception(HandshakeError(f"connection refused: {exc}"))
+            return
+        if link.on_socket_error is not None:
+            link.on_socket_error(exc)
 
     def forget(self, link: Link) -> None:
         super().forget(link)
@@ -369,11 +409,9 @@ async def serve(
         ValueError: the configuration lacks a certificate or CA.
         OSError: the address cannot be bound.
     """
-    loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: Server(config, handler), local_addr=(host, port)
-    )
-    return protocol
+    server = Server(config, handler)
+    server.transport = await open_udp(server, local_addr=(host, port))
+    return server
 
 
 async def connect(
@@ -392,12 +430,11 @@ async def connect(
     if not infos:
         raise OSError(f"transport: {host!r} does not resolve")
     family, _, _, _, addr = infos[0]
-    transport, driver = await loop.create_datagram_endpoint(
-        lambda: _Client(config), remote_addr=(str(addr[0]), int(addr[1])), family=family
-    )
-    driver._connected = True
+    driver = _Client(config)
+    transport = await open_udp(driver, remote_addr=(str(addr[0]), int(addr[1])), family=family)
+    driver.transport = transport
     conn = OrpConnection(config, is_client=True)
-    peer_addr: Any = transport.get_extra_info("peername") or addr
+    peer_addr: NetworkAddress = transport.get_extra_info("peername") or addr
     link = Link(conn, driver, peer_addr)
     driver.link = link
     conn.connect(peer_addr, loop.time())
