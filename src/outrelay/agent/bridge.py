@@ -9,8 +9,11 @@ granting QUIC credit).
 When a source ends cleanly (EOF) the destination is half-closed
 (``write_eof``) and the other direction goes on, so ``printf ... | nc``
 style exchanges get their reply. When a direction fails (reset, broken
-pipe) both sides are aborted: the error cannot be passed on as a half-close.
-When both directions are done both writers are closed.
+pipe, a relay stream that could not be resumed) both sides are aborted:
+the error cannot be passed on as a half-close. A TCP socket is aborted with
+``SO_LINGER`` 0, so its peer gets a reset (RST) rather than an EOF that would
+pass a truncated transfer off as complete. When both directions are done
+both writers are closed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 
 from outrelay.observe import kv
 
@@ -93,7 +98,14 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
 def _abort(*writers: asyncio.StreamWriter) -> None:
     for writer in writers:
+        with contextlib.suppress(Exception):
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.type == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         with contextlib.suppress(Exception):
             writer.transport.abort()

@@ -14,8 +14,24 @@ One relay session at a time: :meth:`Agent.start` dials the relays in order
 and keeps the first that completes HELLO / HELLO_ACK and every REGISTER. A
 supervisor task then waits for the session to end and reconnects with
 backoff (0, 1, 2, 4 ... 30 s), replaying REGISTER for every service, until
-:meth:`Agent.stop`. Streams of a lost session fail with ConnectionResetError
-(stream resume comes later).
+:meth:`Agent.stop`.
+
+Resume (agent.md §4, §7, §8): the agent owns every established stream
+across sessions. While bytes flow it sends STREAM_CHECKPOINT for each stream
+every 100 ms and frees ring bytes on the peer's checkpoints. When a stream's
+relay leg is lost (the session died, or the relay reset the leg with 0x101
+because the peer's connection died) the stream is *detached*: the
+application sees a pause. As soon as a session is up (at once for a 0x101
+reset) a STREAM_RESUME goes out for every detached stream, all concurrently;
+the relay pairs the two halves and echoes the partner's positions, and each
+side re-sends its gap from the ring. A stream not live again within
+``resume_window`` seconds of its loss, or refused by the relay, ends with
+:class:`StreamLost` (a ConnectionResetError).
+
+Both agents of a stream must land on the same relay (the relay pairs halves
+it sees; there is no relay-to-relay resume). Every reconnect therefore walks
+the relay list from its start and takes the first relay that answers, so
+agents with the same ``--relay`` list meet on the same relay.
 """
 
 from __future__ import annotations
@@ -41,10 +57,13 @@ from outrelay.agent.errors import (
     ProviderRefusal,
 )
 from outrelay.agent.reconnect import Backoff, dial_first
+from outrelay.agent.resume import ResumableState, ResumePhase
 from outrelay.agent.session import Session
+from outrelay.agent.stream import RelayStreamTransport
 from outrelay.errors import OutRelayError
 from outrelay.identity import IdentityError, parse, peer_uri
 from outrelay.observe import REGISTRY, kv
+from outrelay.resume import CHECKPOINT_PERIOD_MS
 from outrelay.transport import MiB, TransportConfig, connect
 
 log = logging.getLogger("outrelay.agent")
@@ -54,6 +73,11 @@ Runner = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
 
 _session_up = REGISTRY.gauge("agent_session_up")
 _reconnects = REGISTRY.counter("agent_reconnects")
+_resumed = REGISTRY.counter("streams_resumed")
+_resume_failed = REGISTRY.counter("streams_resume_failed")
+_checkpoints = REGISTRY.counter("agent_checkpoints_sent")
+_pause = REGISTRY.histogram("resume_pause_seconds")
+_ring_bytes = REGISTRY.gauge("ring_bytes")
 
 
 def certificate_uri(cert_path: str) -> str:
@@ -123,6 +147,13 @@ class Agent:
         self._started = False
         self._stopping = False
         self._transport_config: TransportConfig | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Resume bookkeeping: established resumable streams by ORP stream id,
+        # the lost ones with their give-up timers, the checkpoint timer.
+        self._resumable: dict[int, RelayStreamTransport] = {}
+        self._lost: dict[RelayStreamTransport, asyncio.TimerHandle] = {}
+        self._ring_reported: dict[RelayStreamTransport, int] = {}
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
 
     # -- properties -------------------------------------------------------
 
@@ -152,6 +183,11 @@ class Agent:
         """Names of the exposed services, in registration order."""
         return list(self._services)
 
+    @property
+    def resuming(self) -> int:
+        """Streams whose relay leg was lost and that wait to be resumed."""
+        return len(self._lost)
+
     # -- life cycle -------------------------------------------------------
 
     async def start(self) -> None:
@@ -180,6 +216,7 @@ class Agent:
             keepalive=cfg.keepalive,
         )
         self._transport_config.quic_configuration(is_client=True)  # fail early on bad files
+        self._loop = asyncio.get_running_loop()
         self._started = True
         try:
             session = await dial_first(cfg.relays, self._establish)
@@ -202,6 +239,11 @@ class Agent:
         _session_up.set(0)
         if session is not None:
             await session.close()
+        for transport in list(self._lost):
+            transport.give_up("agent stopping")
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+            self._checkpoint_timer = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -315,7 +357,9 @@ class Agent:
             register_timeout=cfg.register_timeout,
             ready_timeout=cfg.ready_timeout,
         )
-        session = await Session.start(link, relay, proto, self._on_incoming, high_water=cfg.window)
+        session = await Session.start(
+            link, relay, proto, self._on_incoming, high_water=cfg.window, owner=self
+        )
         try:
             for service in list(self._services.values()):
                 await session.register(service.name, service.local_addr)
@@ -332,6 +376,145 @@ class Agent:
             "agent: relay session up",
             extra=kv(relay=session.relay, uri=self.uri, services=",".join(self._services)),
         )
+        lost = [t for t in self._lost if t.state is not None]
+        if lost:
+            log.info(f"agent: resuming {len(lost)} stream(s)", extra=kv(relay=session.relay))
+        for transport in lost:
+            self._resume(transport)
+
+    # -- resume (StreamOwner, called by the session) -----------------------
+
+    def stream_established(self, transport: RelayStreamTransport) -> None:
+        """A stream carries application bytes: give it positions and a ring."""
+        cfg = self.config
+        stream_id = transport.get_extra_info("stream_id") or 0
+        if cfg.resume_window <= 0 or not stream_id:
+            return
+        other = self._resumable.get(stream_id)
+        if other is not None:
+            # Both ends of the stream are in this agent: the relay cannot pair
+            # two halves from one agent, so neither end can resume.
+            other.state = None
+            del self._resumable[stream_id]
+            self._ring_forget(other)
+            return
+        state = ResumableState(
+            stream_id, ring_min=cfg.ring_min, ring_max=cfg.ring_max, window=cfg.resume_window
+        )
+        if not transport.make_resumable(state):
+            return
+        self._resumable[stream_id] = transport
+        transport.on_flow = self._want_checkpoint
+        transport.on_detached = self._stream_detached
+        transport.on_resumed = self._stream_resumed
+        transport.on_finished = self._stream_finished
+        self._ring_update(transport)
+
+    def checkpoint_received(self, event: ev.CheckpointReceived) -> None:
+        """The peer's STREAM_CHECKPOINT: free our ring below its position."""
+        transport = self._resumable.get(event.stream_id)
+        if transport is not None:
+            transport.peer_checkpoint(event.peer_ack_position)
+            self._ring_update(transport)
+
+    def _want_checkpoint(self) -> None:
+        if self._checkpoint_timer is None and self._loop is not None:
+            self._checkpoint_timer = self._loop.call_later(
+                CHECKPOINT_PERIOD_MS / 1000, self._checkpoint_tick
+            )
+
+    def _checkpoint_tick(self) -> None:
+        """Every 100 ms while bytes flow: STREAM_CHECKPOINT for each stream that moved."""
+        self._checkpoint_timer = None
+        for stream_id, transport in list(self._resumable.items()):
+            state, session = transport.state, transport.session
+            if state is None or session is None or not transport.live:
+                continue
+            positions = state.checkpoint()
+            if positions is not None:
+                session.send_checkpoint(stream_id, *positions)
+                _checkpoints.inc()
+            self._ring_update(transport)
+
+    def _stream_detached(self, transport: RelayStreamTransport) -> None:
+        state = transport.state
+        assert state is not None and self._loop is not None
+        if self._stopping:
+            transport.give_up("agent stopping")
+            return
+        if transport not in self._lost:
+            deadline = state.deadline or self._loop.time()
+            self._lost[transport] = self._loop.call_at(deadline, self._give_up, transport)
+            log.info(
+                "agent: stream lost its relay leg; resuming",
+                extra=kv(stream_id=f"{state.stream_id:#x}", sent=state.sent, recv=state.recv),
+            )
+        session = self._session
+        if session is not None and not session.closed:
+            self._resume(transport)
+
+    def _resume(self, transport: RelayStreamTransport) -> None:
+        session = self._session
+        state = transport.state
+        if session is None or session.closed or state is None:
+            return
+        if state.phase is not ResumePhase.DETACHED:
+            return
+        try:
+            session.resume(transport)
+        except (OutRelayError, ConnectionError) as exc:
+            # The session is going down; the next one resumes the stream.
+            log.debug("agent: resume deferred", extra=kv(err=str(exc)))
+            state.detach(self._loop.time() if self._loop else 0.0)
+
+    def _give_up(self, transport: RelayStreamTransport) -> None:
+        # _stream_finished takes it out of _lost and counts the failure.
+        window = self.config.resume_window
+        transport.give_up(f"not resumed within the resume window ({window:g} s)")
+
+    def _stream_resumed(self, transport: RelayStreamTransport) -> None:
+        timer = self._lost.pop(transport, None)
+        if timer is not None:
+            timer.cancel()
+        _resumed.inc()
+        state = transport.state
+        pause = state.pause if state is not None else None
+        if pause is not None:
+            _pause.observe(pause)
+        log.info(
+            "agent: stream resumed",
+            extra=kv(
+                stream_id=f"{state.stream_id:#x}" if state else "?",
+                pause=f"{pause:.3f}" if pause is not None else "?",
+            ),
+        )
+
+    def _stream_finished(self, transport: RelayStreamTransport) -> None:
+        timer = self._lost.pop(transport, None)
+        if timer is not None:
+            timer.cancel()
+            if transport.error is not None:
+                _resume_failed.inc()
+                log.warning(
+                    "agent: stream could not be resumed", extra=kv(err=str(transport.error))
+                )
+        stream_id = transport.get_extra_info("stream_id") or 0
+        if self._resumable.get(stream_id) is transport:
+            del self._resumable[stream_id]
+        self._ring_forget(transport)
+
+    def _ring_update(self, transport: RelayStreamTransport) -> None:
+        state = transport.state
+        cap = state.ring_capacity if state is not None else 0
+        before = self._ring_reported.get(transport, 0)
+        if cap != before:
+            self._ring_reported[transport] = cap
+            _ring_bytes.set(_ring_bytes.value + cap - before)
+
+    def _ring_forget(self, transport: RelayStreamTransport) -> None:
+        before = self._ring_reported.pop(transport, 0)
+        if before:
+            _ring_bytes.set(_ring_bytes.value - before)
 
     async def _supervise(self) -> None:
         backoff = Backoff(cap=self.config.max_backoff)

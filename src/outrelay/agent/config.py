@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from outrelay.agent.core import HELLO_TIMEOUT, READY_TIMEOUT, REGISTER_TIMEOUT
 from outrelay.agent.stream import DEFAULT_HIGH_WATER
+from outrelay.resume import DEFAULT_MIN_RING_CAPACITY, DEFAULT_RING_CAPACITY, RESUME_WINDOW_S
 
 PathLike = str | os.PathLike[str]
 
@@ -76,6 +77,12 @@ class AgentConfig:
     #: QUIC idle timeout and keepalive (seconds).
     idle_timeout: float = 10.0
     keepalive: float = 3.0
+    #: Seconds a stream whose relay leg was lost may take to resume (0: no resume).
+    #: Use the relays' ``--resume-window``.
+    resume_window: float = float(RESUME_WINDOW_S)
+    #: Smallest and largest ring of unacknowledged bytes per stream.
+    ring_min: int = DEFAULT_MIN_RING_CAPACITY
+    ring_max: int = DEFAULT_RING_CAPACITY
 
     def __post_init__(self) -> None:
         if isinstance(self.relays, str):
@@ -86,6 +93,10 @@ class AgentConfig:
             parse_hostport(relay)
         if self.window <= 0:
             raise ValueError("agent: window must be positive")
+        if self.resume_window < 0:
+            raise ValueError("agent: resume_window must not be negative")
+        if not 0 < self.ring_min <= self.ring_max:
+            raise ValueError("agent: need 0 < ring_min <= ring_max")
 
 
 def split_relays(values: list[str] | tuple[str, ...]) -> list[str]:

@@ -36,8 +36,16 @@ INCOMING_STREAM; bytes after it are application bytes (the consumer may
 write before the splice). The shell answers with :meth:`accept_stream` or
 :meth:`reject_stream`; STREAM_READY on the provider side is informational.
 
-Per-stream byte positions (sent/received) live in the shell's stream object,
-where the resume ring will go.
+Resumed data stream (we sent STREAM_RESUME on a fresh stream after a
+reconnect or a 0x101 reset, :meth:`resume_stream`): the first frame back is
+the relay's echo, STREAM_RESUME with the partner's positions
+(:class:`StreamResumed`; bytes after it are application bytes), or a
+STREAM_REJECT (:class:`ResumeRejected`: 504 no partner within the window,
+409 superseded, 403 not a party). No STREAM_READY comes for resumed streams.
+
+Per-stream byte positions, the ring and the resume phases are
+:mod:`outrelay.agent.resume`; the shell keeps one per stream and sends
+:meth:`checkpoint` frames on the control stream.
 """
 
 from __future__ import annotations
@@ -79,13 +87,15 @@ class Role(IntEnum):
 
     CONSUMER = 0
     PROVIDER = 1
+    RESUMED = 2
 
 
 class Phase(IntEnum):
     """Where a data stream is.
 
     CONSUMER: OPENING -> OPEN | CLOSED.  PROVIDER: AWAIT_FIRST -> DECIDING ->
-    OPEN | CLOSED.  Every phase may go to CLOSED (reset, protocol error).
+    OPEN | CLOSED.  RESUMED: RESUMING -> OPEN | CLOSED.  Every phase may go
+    to CLOSED (reset, protocol error).
     """
 
     AWAIT_FIRST = 0
@@ -93,6 +103,7 @@ class Phase(IntEnum):
     DECIDING = 2
     OPEN = 3
     CLOSED = 4
+    RESUMING = 5
 
 
 #: Legal phase changes (the table the data-stream FSM applies).
@@ -102,6 +113,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.DECIDING: frozenset({Phase.OPEN, Phase.CLOSED}),
     Phase.OPEN: frozenset({Phase.CLOSED}),
     Phase.CLOSED: frozenset({Phase.CLOSED}),
+    Phase.RESUMING: frozenset({Phase.OPEN, Phase.CLOSED}),
 }
 
 
@@ -219,6 +231,32 @@ class AgentProtocol:
             pb.OpenStream(target_service=target, method=method, stream_id=stream_id),
         )
 
+    def resume_stream(
+        self, qid: int, stream_id: int, my_position: int, peer_ack_position: int
+    ) -> bytes:
+        """Resume ``stream_id`` on the fresh QUIC stream ``qid``; returns STREAM_RESUME.
+
+        Send nothing else on ``qid`` until :class:`StreamResumed` arrives.
+        """
+        if qid in self._streams:
+            raise ValueError(f"agent: QUIC stream {qid} is already in use")
+        self._streams[qid] = _Data(Role.RESUMED, Phase.RESUMING, stream_id)
+        return encode_message(
+            FrameType.STREAM_RESUME,
+            pb.StreamResume(
+                stream_id=stream_id, my_position=my_position, peer_ack_position=peer_ack_position
+            ),
+        )
+
+    def checkpoint(self, stream_id: int, my_position: int, peer_ack_position: int) -> bytes:
+        """Returns a STREAM_CHECKPOINT frame for the control stream."""
+        return encode_message(
+            FrameType.STREAM_CHECKPOINT,
+            pb.StreamCheckpoint(
+                stream_id=stream_id, my_position=my_position, peer_ack_position=peer_ack_position
+            ),
+        )
+
     def accept_stream(self, qid: int) -> bytes:
         """Accept an incoming stream; returns STREAM_ACCEPT (empty payload)."""
         self._streams[qid].move(Phase.OPEN)
@@ -230,6 +268,12 @@ class AgentProtocol:
         if data is not None:
             data.move(Phase.CLOSED)
         return encode_message(FrameType.STREAM_REJECT, pb.StreamReject(code=code, reason=reason))
+
+    def close_stream(self, qid: int) -> None:
+        """Ignore whatever still arrives on ``qid`` (its stream was detached for resume)."""
+        data = self._streams.get(qid)
+        if data is not None and data.phase is not Phase.CLOSED:
+            self._close(data)
 
     def forget_stream(self, qid: int) -> None:
         """The shell is done with ``qid``; drop its state."""
@@ -248,6 +292,8 @@ class AgentProtocol:
             if qid % 4 != 1:  # not server-initiated bidirectional: not a new incoming stream
                 return []
             stream = self._streams[qid] = _Data(Role.PROVIDER, Phase.AWAIT_FIRST)
+        if stream.role is Role.RESUMED:
+            return self._receive_resumed(qid, stream, data, end_stream)
         if stream.role is Role.CONSUMER:
             return self._receive_consumer(qid, stream, data, end_stream, now)
         return self._receive_provider(qid, stream, data, end_stream)
@@ -260,7 +306,7 @@ class AgentProtocol:
         if stream is None or stream.phase is Phase.CLOSED:
             return []
         self._close(stream)
-        return [ev.StreamAborted(qid, f"reset by the relay (code {error_code})")]
+        return [ev.StreamAborted(qid, f"reset by the relay (code {error_code:#x})", error_code)]
 
     def handle_timer(self, now: float) -> list[ev.Event]:
         """Fire the timeouts that are due at ``now``."""
@@ -396,6 +442,74 @@ class AgentProtocol:
                 return [ev.StreamAborted(qid, "the relay closed the stream without an answer")]
             return self._open_consumer(qid, stream, "data", True)
         return []
+
+    # -- resumed streams --------------------------------------------------
+
+    def _receive_resumed(
+        self, qid: int, stream: _Data, data: bytes, end_stream: bool
+    ) -> list[ev.Event]:
+        if stream.phase is Phase.CLOSED:
+            return []
+        if stream.phase is Phase.OPEN:
+            out: list[ev.Event] = [ev.DataReceived(qid, data)] if data else []
+            if end_stream:
+                out.append(ev.StreamEnded(qid))
+            return out
+        stream.held += data
+        held = stream.held
+        if len(held) >= HEADER_SIZE:
+            word0 = int.from_bytes(held[:2], "big")
+            ftype = word0 & 0x7FF
+            length = int.from_bytes(held[4:8], "big")
+            if word0 >> 13 != VERSION or ftype not in (
+                FrameType.STREAM_RESUME,
+                FrameType.STREAM_REJECT,
+            ):
+                self._close(stream)
+                why = f"expected the STREAM_RESUME echo, got word {word0:#06x}"
+                return [ev.StreamAborted(qid, why)]
+            if length > MAX_REJECT_PAYLOAD:
+                self._close(stream)
+                return [ev.StreamAborted(qid, f"resume answer of {length} bytes")]
+            end = HEADER_SIZE + length
+            if len(held) >= end:
+                payload = bytes(held[HEADER_SIZE:end])
+                rest = bytes(held[end:])
+                held.clear()
+                return self._resume_answer(qid, stream, ftype, payload, rest, end_stream)
+        if end_stream:
+            self._close(stream)
+            return [ev.StreamAborted(qid, "the relay closed the resume stream without an answer")]
+        return []
+
+    def _resume_answer(
+        self, qid: int, stream: _Data, ftype: int, payload: bytes, rest: bytes, fin: bool
+    ) -> list[ev.Event]:
+        try:
+            if ftype == FrameType.STREAM_REJECT:
+                rej = pb.StreamReject.FromString(payload)
+                self._close(stream)
+                return [ev.ResumeRejected(qid, stream.stream_id, rej.code, rej.reason)]
+            echo = pb.StreamResume.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError
+            self._close(stream)
+            return [ev.StreamAborted(qid, f"undecodable resume answer: {exc}")]
+        if echo.stream_id != stream.stream_id:
+            self._close(stream)
+            return [
+                ev.StreamAborted(
+                    qid, f"resume echo for stream {echo.stream_id:#x}, not {stream.stream_id:#x}"
+                )
+            ]
+        stream.move(Phase.OPEN)
+        out: list[ev.Event] = [
+            ev.StreamResumed(qid, stream.stream_id, echo.my_position, echo.peer_ack_position)
+        ]
+        if rest:
+            out.append(ev.DataReceived(qid, rest))
+        if fin:
+            out.append(ev.StreamEnded(qid))
+        return out
 
     # -- provider streams -------------------------------------------------
 

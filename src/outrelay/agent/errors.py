@@ -79,3 +79,16 @@ class BackendUnavailable(ProviderRefusal):
     """The local backend could not be dialled (refused, unreachable, timed out)."""
 
     code = 502
+
+
+class StreamLost(AgentError, ConnectionResetError):
+    """A stream could not be resumed after its relay leg was lost.
+
+    The application sees it as a connection reset (it is a
+    ``ConnectionResetError``); ``reason`` says why: no partner within the
+    resume window (relay code 504), the ring overran, the peer reset it, ...
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"stream lost: {reason}")
+        self.reason = reason

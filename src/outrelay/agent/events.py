@@ -65,7 +65,7 @@ class ObservedAddressReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class CheckpointReceived(Event):
-    """STREAM_CHECKPOINT from the peer agent (kept for resume, not acted on yet)."""
+    """STREAM_CHECKPOINT from the peer agent: its positions on a stream."""
 
     #: ORP stream id.
     stream_id: int
@@ -165,6 +165,36 @@ class StreamAborted(Event):
     #: QUIC stream id.
     qid: int
     #: Human-readable cause.
+    reason: str
+    #: The relay's RESET_STREAM code (``None``: not a reset).
+    error_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResumed(Event):
+    """The relay echoed our STREAM_RESUME with the partner's positions: splice again."""
+
+    #: QUIC stream id of the resume stream.
+    qid: int
+    #: ORP stream id.
+    stream_id: int
+    #: Bytes the partner has written into the stream (its SentPos).
+    my_position: int
+    #: Bytes of ours the partner has delivered (its RecvPos): re-send from here.
+    peer_ack_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRejected(Event):
+    """The relay refused a STREAM_RESUME (504 no peer in time, 409 superseded, 403)."""
+
+    #: QUIC stream id of the resume stream.
+    qid: int
+    #: ORP stream id.
+    stream_id: int
+    #: StreamReject.code.
+    code: int
+    #: StreamReject.reason.
     reason: str
 
 

@@ -5,6 +5,19 @@ events go through :class:`AgentProtocol` and come out as its events, which
 the session turns into future results (HELLO_ACK, REGISTER_ACK, a consumer
 stream opened or rejected) and into calls on each stream's
 :class:`RelayStreamTransport`. It never blocks in the event callback.
+
+Resume: when the session ends, or the relay resets one of its streams with
+0x101 (SPLICE_ABORTED: the peer's connection died), an established stream
+is *detached* instead of failed, and its owner (:class:`StreamOwner`, the
+:class:`outrelay.Agent`) resumes it on this or the next session
+(:meth:`Session.resume`). A relay that died is noticed early through ICMP
+"port unreachable" on the connected UDP socket (refusals that go on for
+``REFUSED_GRACE`` seconds close the connection) and, while the session
+carries streams, by a liveness probe: after ``PROBE_IDLE`` seconds without
+any sign of the relay a PING goes out on the control stream, and nothing
+heard ``PROBE_TIMEOUT`` seconds after it drops the session (a relay
+restarted on the same address silently ignores the old connection, so the
+QUIC idle timeout would be the only other signal).
 """
 
 from __future__ import annotations
@@ -12,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from outrelay.agent import events as ev
 from outrelay.agent.core import AgentProtocol
@@ -21,6 +34,7 @@ from outrelay.agent.errors import (
     NotConnected,
     RegisterFailed,
     StreamFailed,
+    StreamLost,
     StreamRejected,
 )
 from outrelay.agent.stream import RelayStreamTransport, open_stream_pair
@@ -40,6 +54,25 @@ log = logging.getLogger("outrelay.agent")
 
 #: QUIC application error code we use for stream resets and STOP_SENDING.
 STREAM_ERROR = 0
+#: The relay's code for "the other leg's connection died" (relay ``SPLICE_ABORTED``): resume.
+SPLICE_ABORTED = 0x101
+#: Seconds of ICMP refusals (no other sign of life) after which the relay is taken as dead.
+REFUSED_GRACE = 0.3
+#: Seconds without any event from the relay before a liveness PING (streams open only).
+PROBE_IDLE = 1.0
+#: Seconds a liveness PING may go unanswered (nothing at all heard) before the session drops.
+PROBE_TIMEOUT = 2.5
+
+
+class StreamOwner(Protocol):
+    """Who keeps streams alive across sessions (the :class:`outrelay.Agent`)."""
+
+    def stream_established(self, transport: RelayStreamTransport) -> None:
+        """A stream now carries application bytes: make it resumable."""
+
+    def checkpoint_received(self, event: ev.CheckpointReceived) -> None:
+        """The peer's STREAM_CHECKPOINT arrived."""
+
 
 IncomingCallback = Callable[
     ["Session", ev.IncomingStreamReceived, asyncio.StreamReader, asyncio.StreamWriter], None
@@ -61,13 +94,20 @@ class Session:
         on_incoming: IncomingCallback,
         *,
         high_water: int,
+        owner: StreamOwner | None = None,
     ) -> None:
         self.link = link
         self.relay = relay
         self.proto = proto
         self._on_incoming = on_incoming
         self._high_water = high_water
+        self._owner = owner
+        self._refused_since: float | None = None
+        self._dropping = False
         self._loop = asyncio.get_running_loop()
+        self._heard = self._loop.time()
+        self._ping_at: float | None = None
+        self._probe: asyncio.TimerHandle | None = self._loop.call_later(PROBE_IDLE, self._on_probe)
         self._streams: dict[int, RelayStreamTransport] = {}
         self._openers: dict[int, asyncio.Future[None]] = {}
         self._hello: asyncio.Future[None] = self._loop.create_future()
@@ -76,6 +116,7 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         link.on_event = self._on_link_event
+        link.on_socket_error = self._on_socket_error
         if link.closed:
             self._lost("connection closed during the handshake")
 
@@ -90,13 +131,14 @@ class Session:
         on_incoming: IncomingCallback,
         *,
         high_water: int,
+        owner: StreamOwner | None = None,
     ) -> Session:
         """Open the control stream, send HELLO and wait for HELLO_ACK.
 
         Raises:
             HandshakeFailed: no HELLO_ACK (timeout, wrong frame, connection closed).
         """
-        session = cls(link, relay, proto, on_incoming, high_water=high_water)
+        session = cls(link, relay, proto, on_incoming, high_water=high_water, owner=owner)
         try:
             if session.closed:
                 raise HandshakeFailed(f"agent: relay {relay} closed the connection")
@@ -192,6 +234,36 @@ class Session:
     def accept(self, qid: int) -> None:
         """Answer an incoming stream with STREAM_ACCEPT."""
         self.send(qid, self.proto.accept_stream(qid))
+        transport = self._streams.get(qid)
+        if transport is not None:
+            self._established(transport)
+
+    def resume(self, transport: RelayStreamTransport) -> None:
+        """Open a fresh stream and send STREAM_RESUME for a detached ``transport``.
+
+        The echo (or a reject) arrives later; see :meth:`_stream_resumed`.
+
+        Raises:
+            NotConnected: the session is closed.
+        """
+        if self.closed or self.link.closed:
+            raise NotConnected("agent: relay session is closed")
+        assert transport.state is not None
+        qid = self.link.open_stream()
+        stream_id, sent, recv = transport.state.resume_request()
+        frame = self.proto.resume_stream(qid, stream_id, sent, recv)
+        transport.attach(self, qid)
+        self._streams[qid] = transport
+        self.send(qid, frame)
+        log.debug(
+            "agent: resuming stream",
+            extra=kv(relay=self.relay, stream_id=f"{stream_id:#x}", sent=sent, recv=recv),
+        )
+
+    def send_checkpoint(self, stream_id: int, sent: int, recv: int) -> None:
+        """STREAM_CHECKPOINT on the control stream (dropped when the session is over)."""
+        if not self.closed and not self.link.closed:
+            self.send(self.control_qid, self.proto.checkpoint(stream_id, sent, recv))
 
     def reject(self, qid: int, code: int, reason: str) -> None:
         """Answer an incoming stream with STREAM_REJECT and FIN; the stream ends."""
@@ -225,10 +297,20 @@ class Session:
         if not self.link.closed:
             self.link.stop_stream(qid, STREAM_ERROR)
 
-    def abort_stream(self, qid: int) -> None:
+    def abort_stream(self, qid: int, code: int = STREAM_ERROR) -> None:
         if not self.link.closed:
-            self.link.reset_stream(qid, STREAM_ERROR)
-            self.link.stop_stream(qid, STREAM_ERROR)
+            try:
+                self.link.reset_stream(qid, code)
+                self.link.stop_stream(qid, code)
+            except TransportError:
+                pass
+
+    def stream_detached(self, qid: int, transport: RelayStreamTransport) -> None:
+        """``transport`` left ``qid`` to be resumed elsewhere: retire the old stream."""
+        if self._streams.get(qid) is transport:
+            del self._streams[qid]
+        self.proto.close_stream(qid)
+        self.abort_stream(qid, SPLICE_ABORTED)
 
     def stream_finished(self, qid: int, transport: RelayStreamTransport) -> None:
         if self._streams.get(qid) is transport:
@@ -263,6 +345,12 @@ class Session:
             if event.stream_id == self.proto.control_qid:
                 self._fatal("relay stopped reading the control stream")
             transport = self._streams.get(event.stream_id)
+            if transport is not None and event.error_code == SPLICE_ABORTED:
+                # The relay sends RESET_STREAM and STOP_SENDING; either one starts the resume.
+                if transport.can_resume:
+                    transport.detach(now, "the peer's relay connection was lost")
+                    self._rearm()
+                    return
             # A relay rejecting OPEN_STREAM may stop reading before the reject
             # frame arrives: keep reading until the answer (or FIN) comes.
             if transport is not None and event.stream_id not in self._openers:
@@ -271,7 +359,47 @@ class Session:
             assert isinstance(event, ConnectionClosed)
             self._lost(event.reason or f"connection closed (code {event.error_code})")
             return
+        self._refused_since = None  # the relay is alive
+        self._heard = now
         self._rearm()
+
+    def _on_probe(self) -> None:
+        """Every ``PROBE_IDLE`` s: is the relay still there? (see the module docstring)"""
+        self._probe = None
+        if self.closed:
+            return
+        now = self._loop.time()
+        if self._ping_at is not None and self._heard > self._ping_at:
+            self._ping_at = None
+        if self._ping_at is not None and now - self._ping_at >= PROBE_TIMEOUT:
+            self._fatal(f"relay silent for {now - self._heard:.1f} s (no PONG)")
+            return
+        busy = any(t.established for t in self._streams.values())
+        if (
+            busy
+            and self._ping_at is None
+            and now - self._heard >= PROBE_IDLE
+            and not self._registers_pending()
+            and self.proto.established
+        ):
+            self._ping_at = now
+            self.send(self.control_qid, self.proto.ping())
+        self._probe = self._loop.call_later(PROBE_IDLE / 2, self._on_probe)
+
+    def _registers_pending(self) -> bool:
+        # The relay reads nothing more on the control stream while a REGISTER
+        # waits for the controller: a PING would not be answered in time.
+        return any(not f.done() for futs in self._registers.values() for f in futs)
+
+    def _on_socket_error(self, exc: Exception) -> None:
+        """An ICMP error on the UDP socket: the relay may be gone (process killed)."""
+        if not isinstance(exc, ConnectionRefusedError) or self.link.closed:
+            return
+        now = self._loop.time()
+        if self._refused_since is None:
+            self._refused_since = now
+        elif now - self._refused_since >= REFUSED_GRACE:
+            self._fatal("relay unreachable (ICMP port unreachable)")
 
     def _dispatch(self, events: list[ev.Event]) -> None:
         for event in events:
@@ -313,7 +441,33 @@ class Session:
                     )
                 )
 
+    def _established(self, transport: RelayStreamTransport) -> None:
+        transport.established = True
+        if self._owner is not None:
+            self._owner.stream_established(transport)
+
+    def _checkpoint(self, event: ev.CheckpointReceived) -> None:
+        if self._owner is not None:
+            self._owner.checkpoint_received(event)
+
+    def _stream_resumed(self, event: ev.StreamResumed) -> None:
+        transport = self._streams.get(event.qid)
+        if transport is None:
+            self.abort_stream(event.qid)
+            return
+        transport.resumed(event.my_position, event.peer_ack_position, self._loop.time())
+
+    def _resume_rejected(self, event: ev.ResumeRejected) -> None:
+        transport = self._streams.get(event.qid)
+        if not self.link.closed:
+            self.link.release(event.qid)
+        if transport is not None:
+            transport.lost(StreamLost(f"the relay refused the resume: {event.code} {event.reason}"))
+
     def _stream_opened(self, event: ev.StreamOpened) -> None:
+        transport = self._streams.get(event.qid)
+        if transport is not None:
+            self._established(transport)
         fut = self._openers.get(event.qid)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -337,8 +491,18 @@ class Session:
         if fut is not None and not fut.done():
             fut.set_exception(StreamFailed(f"agent: stream failed: {event.reason}"))
         transport = self._streams.get(event.qid)
+        if (
+            transport is not None
+            and event.error_code == SPLICE_ABORTED
+            and transport.can_resume
+            and transport.detach(self._loop.time(), "the peer's relay connection was lost")
+        ):
+            return
         if transport is not None:
-            transport.lost(ConnectionResetError(event.reason))
+            if transport.established and transport.state is not None:
+                transport.lost(StreamLost(event.reason))
+            else:
+                transport.lost(ConnectionResetError(event.reason))
         else:
             log.warning("agent: incoming stream dropped", extra=kv(reason=event.reason))
             self.proto.forget_stream(event.qid)
@@ -375,16 +539,24 @@ class Session:
     # -- internals --------------------------------------------------------
 
     def _fatal(self, reason: str) -> None:
+        if self._dropping:
+            return
+        self._dropping = True
         log.warning("agent: dropping relay session", extra=kv(relay=self.relay, reason=reason))
         if not self._hello.done():
             self._hello.set_exception(HandshakeFailed(f"agent: relay {self.relay}: {reason}"))
         if not self.link.closed:
             self.link.close(0, reason[:200])
+        # Do not wait for the closing handshake: streams can be resumed elsewhere now.
+        self._lost(reason)
 
     def _lost(self, reason: str) -> None:
         if self._closed.done():
             return
         self._closed.set_result(reason)
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -399,8 +571,10 @@ class Session:
         for opener in self._openers.values():
             if not opener.done():
                 opener.set_exception(error)
+        now = self._loop.time()
         for transport in list(self._streams.values()):
-            transport.lost(ConnectionResetError(f"relay session lost: {reason}"))
+            # Established streams wait to be resumed on the next session.
+            transport.detach(now, f"relay session lost: {reason}")
         self._streams.clear()
         # Futures nobody awaits any more must not log "exception never retrieved".
         for done in [self._hello, *self._openers.values()]:
@@ -437,4 +611,7 @@ _HANDLERS: dict[type, Callable[[Session, Any], None]] = {
     ev.IncomingStreamReceived: Session._incoming_stream,
     ev.DataReceived: Session._data,
     ev.StreamEnded: Session._ended,
+    ev.CheckpointReceived: Session._checkpoint,
+    ev.StreamResumed: Session._stream_resumed,
+    ev.ResumeRejected: Session._resume_rejected,
 }

@@ -22,15 +22,30 @@ Half-close: ``write_eof`` sends FIN; the peer's FIN feeds EOF to the reader.
 The protocol's ``connection_lost`` runs once both sides finished, on
 ``close``/``abort``, or when the session dies.
 
-``sent`` and ``received`` count application bytes; they are the positions a
-resume ring and STREAM_CHECKPOINT will use. The session and QUIC stream id
-are held in one place (``_session``, ``qid``) so that resume can swap them.
+``sent`` and ``received`` count application bytes. A resumable stream
+keeps them in its :class:`~outrelay.agent.resume.ResumableState` (``state``)
+with the ring of bytes the peer has not acknowledged.
+
+Resume: the session and QUIC stream id (the *inner* stream) are held in one
+place (``_session``, ``qid``). When the relay leg is lost (reset 0x101, or
+the whole session), :meth:`detach` drops them but the transport stays open:
+the application sees a pause. Writes go on into the ring (``drain`` blocks
+once more than the high-water mark is unacknowledged); reads simply wait.
+:meth:`attach` binds a fresh resume stream, and :meth:`resumed` (the relay's
+echo) re-sends the gap from the ring, then the stream is live again. A
+stream that cannot resume ends with :class:`StreamLost` (a
+``ConnectionResetError``); a local TCP peer gets a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from outrelay.agent.errors import StreamLost
+from outrelay.agent.resume import ResumableState, ResumePhase
+from outrelay.resume import ResumeError
 
 if TYPE_CHECKING:
     from outrelay.agent.session import Session
@@ -51,6 +66,7 @@ class RelayStreamTransport(asyncio.Transport):
         extra: dict[str, Any],
         *,
         high_water: int = DEFAULT_HIGH_WATER,
+        state: ResumableState | None = None,
     ) -> None:
         super().__init__(extra)
         self._extra: dict[str, Any] = extra
@@ -65,10 +81,58 @@ class RelayStreamTransport(asyncio.Transport):
         self._eof_received = False
         self._closing = False
         self._finished = False
-        #: Application bytes written (SentPos).
-        self.sent = 0
-        #: Application bytes handed to the protocol (RecvPos).
-        self.received = 0
+        self._close_pending = False  # closed while detached: FIN once resumed
+        self._sent = 0
+        self._received = 0
+        #: Positions, ring and resume phase (``None``: the stream cannot resume).
+        self.state = state
+        #: True once the stream carries application bytes (opened / accepted).
+        self.established = False
+        #: Called when bytes flow (the owner arms its checkpoint timer).
+        self.on_flow: Callable[[], None] | None = None
+        #: Called once when the relay leg is lost and the stream waits to resume.
+        self.on_detached: Callable[[RelayStreamTransport], None] | None = None
+        #: Called when a lost stream is live again (after the gap was re-sent).
+        self.on_resumed: Callable[[RelayStreamTransport], None] | None = None
+        #: Called once when the stream is over (the owner forgets it).
+        self.on_finished: Callable[[RelayStreamTransport], None] | None = None
+        #: Why the stream ended (``None``: normally, or not yet).
+        self.error: Exception | None = None
+
+    @property
+    def sent(self) -> int:
+        """Application bytes written (SentPos)."""
+        return self.state.sent if self.state is not None else self._sent
+
+    @property
+    def received(self) -> int:
+        """Application bytes handed to the protocol (RecvPos)."""
+        return self.state.recv if self.state is not None else self._received
+
+    @property
+    def live(self) -> bool:
+        """True while bytes go straight to a relay stream (not lost, not resuming)."""
+        if self._session is None or self._finished:
+            return False
+        return self.state is None or self.state.phase is ResumePhase.LIVE
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream is over."""
+        return self._finished
+
+    @property
+    def session(self) -> Session | None:
+        """The session of the current inner stream (``None`` while lost)."""
+        return self._session
+
+    def make_resumable(self, state: ResumableState) -> bool:
+        """Keep positions and a ring from now on; False if bytes were already sent."""
+        if self._sent or self._finished:
+            return False
+        state.recv = self._received
+        self.state = state
+        return True
 
     # -- asyncio.BaseTransport -------------------------------------------
 
@@ -87,6 +151,11 @@ class RelayStreamTransport(asyncio.Transport):
         if self._closing or self._finished:
             return
         self._closing = True
+        if not self.live and self.state is not None and self.state.phase is not ResumePhase.CLOSED:
+            # Lost or resuming: what was written still has to reach the peer.
+            self._eof_sent = True
+            self._close_pending = True
+            return
         session = self._session
         if session is not None:
             if not self._eof_sent:
@@ -108,7 +177,7 @@ class RelayStreamTransport(asyncio.Transport):
         if not self._read_paused:
             return
         self._read_paused = False
-        if self._session is not None and not self._finished:
+        if self.live and self._session is not None:
             self._session.grant_all(self.qid)
 
     # -- asyncio.WriteTransport ------------------------------------------
@@ -127,10 +196,7 @@ class RelayStreamTransport(asyncio.Transport):
         return self._low, self._high
 
     def get_write_buffer_size(self) -> int:
-        session = self._session
-        if session is None or self._finished:
-            return 0
-        return session.send_buffered(self.qid)
+        return self._buffered()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data`` on the stream.
@@ -140,11 +206,21 @@ class RelayStreamTransport(asyncio.Transport):
         """
         if self._eof_sent and not self._closing:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._closing or self._finished or self._session is None:
+        if not data or self._closing or self._finished:
             return
         chunk = bytes(data)
-        self._session.send(self.qid, chunk)
-        self.sent += len(chunk)
+        state = self.state
+        if state is None:
+            if self._session is None:
+                return
+            self._sent += len(chunk)
+        else:
+            state.on_write(chunk)
+            if self.on_flow is not None:
+                self.on_flow()
+        if self.live:
+            assert self._session is not None
+            self._session.send(self.qid, chunk)
         self._check_pause()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -155,9 +231,10 @@ class RelayStreamTransport(asyncio.Transport):
         if self._eof_sent or self._closing or self._finished:
             return
         self._eof_sent = True
-        if self._session is not None:
+        if self.live:
+            assert self._session is not None
             self._session.send(self.qid, b"", end_stream=True)
-        if self._eof_received:
+        if self._eof_received and (self.live or self.state is None):
             self._finish(None)
 
     def can_write_eof(self) -> bool:
@@ -178,9 +255,17 @@ class RelayStreamTransport(asyncio.Transport):
         """Application bytes arrived; credit goes back unless the reader is paused."""
         if self._finished or self._protocol is None:
             return
-        self.received += len(data)
+        if self.state is None:
+            self._received += len(data)
+        else:
+            data = self.state.filter_inbound(data)
+            if not data:
+                return
+            if self.on_flow is not None:
+                self.on_flow()
         self._protocol.data_received(data)  # type: ignore[attr-defined]
-        if not self._read_paused and self._session is not None and not self._finished:
+        if not self._read_paused and self.live:
+            assert self._session is not None
             self._session.grant_all(self.qid)
 
     def feed_eof(self) -> None:
@@ -188,6 +273,8 @@ class RelayStreamTransport(asyncio.Transport):
         if self._eof_received or self._finished or self._protocol is None:
             return
         self._eof_received = True
+        if self.on_flow is not None:
+            self.on_flow()
         keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
         if self._eof_sent or not keep_open:
             if not keep_open and not self._eof_sent:
@@ -212,12 +299,108 @@ class RelayStreamTransport(asyncio.Transport):
         self._closing = True
         self._finish(exc)
 
+    # -- resume (called by the session and the agent) --------------------
+
+    @property
+    def can_resume(self) -> bool:
+        """True if a lost relay leg would be resumed rather than end the stream."""
+        state = self.state
+        return (
+            state is not None
+            and self.established
+            and not self._finished
+            and state.phase is not ResumePhase.CLOSED
+            and state.resumable
+        )
+
+    def detach(self, now: float, reason: str) -> bool:
+        """The relay leg is gone; returns True if the stream now waits to resume.
+
+        Otherwise (not resumable: never established, ring overrun, no
+        stream id) the stream ends with :class:`StreamLost`.
+        """
+        if self._finished:
+            return False
+        if not self.can_resume:
+            self.lost(StreamLost(reason) if self.established else ConnectionResetError(reason))
+            return False
+        assert self.state is not None
+        session, self._session = self._session, None
+        if session is not None:
+            session.stream_detached(self.qid, self)
+        already = self.state.phase is ResumePhase.DETACHED
+        self.state.detach(now)
+        if not already and self.on_detached is not None:
+            self.on_detached(self)
+        return True
+
+    def attach(self, session: Session, qid: int) -> None:
+        """A resume stream was opened for us on ``session`` (STREAM_RESUME sent)."""
+        self._session = session
+        self.qid = qid
+        self.set_extra("peername", session.link.addr)
+
+    def resumed(self, partner_sent: int, partner_recv: int, now: float) -> None:
+        """The relay's echo arrived: re-send the gap, then the stream is live again.
+
+        A gap that left the ring, or impossible positions, end the stream
+        with :class:`StreamLost` and reset the resume stream (the relay
+        passes the reset to the partner).
+        """
+        state, session = self.state, self._session
+        if state is None or session is None or self._finished:
+            return
+        try:
+            gap = state.resumed(partner_sent, partner_recv, now)
+        except ResumeError as exc:
+            session.abort_stream(self.qid)
+            self.lost(StreamLost(str(exc)))
+            return
+        if gap:
+            session.send(self.qid, gap)
+        if self.on_resumed is not None:
+            self.on_resumed(self)
+        if self._eof_sent:
+            session.send(self.qid, b"", end_stream=True)
+        if self._close_pending or (self._eof_sent and self._eof_received):
+            if not self._eof_received:
+                session.stop_reading(self.qid)
+            self._finish(None)
+            return
+        if self._write_paused and self._buffered() <= self._low and self._protocol is not None:
+            self._write_paused = False
+            self._protocol.resume_writing()
+        if not self._read_paused:
+            session.grant_all(self.qid)
+
+    def give_up(self, reason: str) -> None:
+        """Stop waiting to resume: the application sees :class:`StreamLost`."""
+        if self._finished:
+            return
+        if self._session is not None:
+            self._session.abort_stream(self.qid)
+        self.lost(StreamLost(reason))
+
+    def peer_checkpoint(self, peer_ack: int) -> None:
+        """The peer's STREAM_CHECKPOINT: free the ring below ``peer_ack``."""
+        if self.state is not None:
+            self.state.on_peer_checkpoint(peer_ack)
+
     # -- internals --------------------------------------------------------
 
+    def _buffered(self) -> int:
+        if self._finished:
+            return 0
+        if self.live:
+            assert self._session is not None
+            return self._session.send_buffered(self.qid)
+        # Lost or resuming: what will be re-sent is what the peer has not acknowledged.
+        return self.state.ring_len if self.state is not None else 0
+
     def _check_pause(self) -> None:
-        if self._write_paused or self._protocol is None or self._session is None:
+        if self._write_paused or self._protocol is None:
             return
-        if self._session.send_buffered(self.qid) > self._high:
+        if self._buffered() > self._high:
             self._write_paused = True
             self._protocol.pause_writing()
 
@@ -225,9 +408,14 @@ class RelayStreamTransport(asyncio.Transport):
         if self._finished:
             return
         self._finished = True
+        self.error = exc
+        if self.state is not None and self.state.phase is not ResumePhase.CLOSED:
+            self.state.fail()
         session, self._session = self._session, None
         if session is not None:
             session.stream_finished(self.qid, self)
+        if self.on_finished is not None:
+            self.on_finished(self)
         protocol = self._protocol
         if protocol is not None:
             if self._write_paused:

@@ -14,6 +14,8 @@ import click
 
 from outrelay.agent.config import Mapping
 from outrelay.cli import fail
+from outrelay.cli.controller import DURATION
+from outrelay.cli.relay import SIZE
 
 
 def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
@@ -64,6 +66,28 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
     show_default=True,
     help="Per-stream window in bytes (QUIC receive window and send high-water mark).",
 )
+@click.option(
+    "--resume-window",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="How long a stream whose relay was lost may take to resume (0: never resume). "
+    "Use the relays' --resume-window.",
+)
+@click.option(
+    "--ring-min",
+    type=SIZE,
+    default="64KiB",
+    show_default=True,
+    help="Smallest per-stream ring of unacknowledged bytes.",
+)
+@click.option(
+    "--ring-max",
+    type=SIZE,
+    default="16MiB",
+    show_default=True,
+    help="Largest per-stream ring (more unacknowledged bytes: the stream cannot resume).",
+)
 @click.option("--debug-listen", default="", help="Debug HTTP HOST:PORT ('' disables).")
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @click.option(
@@ -90,6 +114,9 @@ def agent(
     expose: tuple[str, ...],
     consume: tuple[str, ...],
     window: int,
+    resume_window: float,
+    ring_min: int,
+    ring_max: int,
     debug_listen: str,
     metrics_dump: str,
     log_format: str,
@@ -103,7 +130,9 @@ def agent(
     backend refuses). Each connection accepted on a --consume listener is
     opened as a stream to the named service; a rejected stream closes the
     local connection. The session is re-established with backoff (0, 1, 2,
-    4 ... 30 s) and the registrations replayed.
+    4 ... 30 s), the registrations replayed and live streams resumed (their
+    applications see a pause; a stream that cannot resume within
+    --resume-window is reset).
     """
     from outrelay.agent.config import AgentConfig, RunConfig, parse_hostport, split_relays
     from outrelay.identity import IdentityError, parse
@@ -130,6 +159,8 @@ def agent(
             parse_hostport(debug_listen)
         except ValueError as exc:
             fail(f"--debug-listen: {exc}", usage=True)
+    if ring_min > ring_max:
+        fail("--ring-min must not exceed --ring-max", usage=True)
     expose_maps = _mappings(expose, "--expose")
     consume_maps = _mappings(consume, "--consume")
     for path in (cert, key, ca):
@@ -144,6 +175,9 @@ def agent(
             uri=uri or None,
             server_name=server_name,
             window=window,
+            resume_window=resume_window,
+            ring_min=ring_min,
+            ring_max=ring_max,
         ),
         expose=expose_maps,
         consume=consume_maps,
