@@ -251,7 +251,7 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str, str]:
 class Demo:
     """The deployment: state directory, children in start order, the backend."""
 
-    STEPS = 9
+    STEPS = 9  # plus the final "stop everything", which always runs
 
     def __init__(self, state: Path) -> None:
         self.state = state
@@ -263,7 +263,7 @@ class Demo:
 
     def heading(self, title: str) -> None:
         self.step += 1
-        heading(self.step, self.STEPS, title)
+        heading(self.step, self.STEPS + 1, title)
 
     def child(self, name: str) -> Child:
         return next(child for child in self.children if child.name == name)
