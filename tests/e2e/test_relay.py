@@ -438,6 +438,40 @@ def test_provider_rejects_503(env: Env) -> None:
     run(main)
 
 
+def test_early_data_reaches_the_provider_before_it_accepts(env: Env) -> None:
+    payload = os.urandom(1024 * 1024)  # 4 x the relay's window: credit must flow before accept
+
+    async def main() -> None:
+        provider = await env.agent()
+        assert (await provider.register("svc-early")).type == FrameType.REGISTER_ACK
+        consumer = await env.agent()
+        stream = consumer.open("svc-early", stream_id=0xEA51)
+        stream.write(payload, fin=True)
+        incoming = await asyncio.wait_for(provider.incoming.get(), 5)
+        assert (await incoming.read_frame()).type == FrameType.INCOMING_STREAM
+        assert await incoming.read_to_eof(timeout=20) == payload  # no answer yet
+        incoming.send_frame(FrameType.STREAM_ACCEPT)
+        incoming.write(b"done", fin=True)
+        assert await stream.read_to_eof() == b"done"
+        for agent in (consumer, provider):
+            ready = await agent.control_frame()
+            assert ready.type == FrameType.STREAM_READY
+        # a provider that read early data and rejects: the consumer still reads
+        # exactly one STREAM_REJECT, then EOF
+        stream = consumer.open("svc-early")
+        stream.write(b"discarded", fin=True)
+        incoming = await asyncio.wait_for(provider.incoming.get(), 5)
+        assert (await incoming.read_frame()).type == FrameType.INCOMING_STREAM
+        assert await incoming.read_to_eof() == b"discarded"
+        incoming.send_frame(FrameType.STREAM_REJECT, orp_pb2.StreamReject(code=502, reason="x"))
+        incoming.write(b"", True)
+        assert await reject_of(stream) == (503, "provider rejected")
+        consumer.close()
+        provider.close()
+
+    run(main)
+
+
 def test_stream_id_collision_409(env: Env) -> None:
     async def main() -> None:
         provider, task = await env.provider("svc-col")

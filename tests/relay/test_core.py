@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outrelay.orp import FrameType, encode_frame
+from outrelay.orp import HEADER_SIZE, FrameType, decode_header, encode_frame
 from outrelay.policy import P2PMode, PolicyEngine, Rule, Verdict
 from outrelay.proto import orp_pb2, registry_pb2
 from outrelay.relay.errors import ControllerError
@@ -92,12 +92,12 @@ def test_refused_connection_serves_no_stream() -> None:
 
 def test_data_stream_before_hello_waits() -> None:
     w = World()
-    _pconn, _ = w.provider("svc")
+    pconn, _ = w.provider("svc")
     conn, uri = w.connect()
     w.open(conn, 4, "svc")
-    assert not w.controller.calls[-1].method == "Resolve"
+    assert not w.opened[pconn]
     w.hello(conn, uri)
-    assert w.controller.calls[-1].method == "Resolve"
+    assert len(w.opened[pconn]) == 1
 
 
 # -- control loop -----------------------------------------------------------
@@ -196,6 +196,15 @@ def test_older_duplicate_connection_does_not_deregister_newer() -> None:
 # -- OPEN_STREAM --------------------------------------------------------------
 
 
+def _incoming(w: World, pconn: int, sid: int) -> tuple[orp_pb2.IncomingStream, bytes]:
+    """The INCOMING_STREAM the provider got on ``sid`` and the bytes after it."""
+    raw = bytes(w.sent[(pconn, sid)])
+    _, ftype, _, length = decode_header(raw)
+    assert ftype == FrameType.INCOMING_STREAM
+    end = HEADER_SIZE + length
+    return orp_pb2.IncomingStream.FromString(raw[HEADER_SIZE:end]), raw[end:]
+
+
 def _accept(w: World, pconn: int, extra: bytes = b"") -> int:
     sid = w.opened[pconn][-1]
     w.data(pconn, sid, frame(FrameType.STREAM_ACCEPT) + extra)
@@ -208,12 +217,14 @@ def test_open_stream_splices_with_stream_ready() -> None:
     cconn, curi = w.agent()
     w.open(cconn, 4, "svc-echo", stream_id=0xFEED, extra=b"hello via relay")
     sid = w.opened[pconn][-1]
-    incoming = w.frames(pconn, sid)
-    assert [f.type for f in incoming] == [FrameType.INCOMING_STREAM]
-    msg = orp_pb2.IncomingStream.FromString(incoming[0].payload)
+    msg, early = _incoming(w, pconn, sid)
     assert (msg.target_service, msg.source_agent_uri, msg.stream_id) == ("svc-echo", curi, 0xFEED)
     assert not w.splices
+    # early data: the consumer's bytes follow INCOMING_STREAM before any answer
+    assert early == b"hello via relay"
     w.data(cconn, 4, b" more", fin=True)
+    assert _incoming(w, pconn, sid)[1] == b"hello via relay more"
+    assert (pconn, sid) in w.fin
     _accept(w, pconn, b"early")
     ready = orp_pb2.StreamReady(stream_id=0xFEED).SerializeToString()
     assert w.frames(cconn, 0)[-1].type == FrameType.STREAM_READY
@@ -221,7 +232,11 @@ def test_open_stream_splices_with_stream_ready() -> None:
     assert w.frames(pconn, 0)[-1].payload == ready
     (splice,) = w.splices
     assert (splice.a.conn, splice.a.stream) == (cconn, 4)
-    assert splice.a.pending == b"hello via relay more" and splice.a.fin
+    assert splice.a.pending == b"" and splice.a.fin
+    # already forwarded, not granted: the splice grants them as the provider acks
+    assert splice.a.sent == len(b"hello via relay more") and splice.a.fin_sent
+    opening = orp_pb2.OpenStream(target_service="svc-echo", stream_id=0xFEED)
+    assert w.granted[(cconn, 4)] == len(frame(FrameType.OPEN_STREAM, opening))
     assert (splice.b.conn, splice.b.stream) == (pconn, sid)
     assert splice.b.pending == b"early" and not splice.b.fin
     assert not w.sent[(cconn, 4)]  # no STREAM_ACCEPT forwarded to the consumer
@@ -238,6 +253,8 @@ def test_unknown_service_404() -> None:
     conn, _ = w.agent()
     w.open(conn, 4, "nope")
     assert w.reject_of(conn, 4) == (404, "service not found")
+    opening = frame(FrameType.OPEN_STREAM, orp_pb2.OpenStream(target_service="nope"))
+    assert w.granted[(conn, 4)] == len(opening)  # granted with the reject
     assert (conn, 4) in w.stopped
     assert w.metrics.counter("stream_rejects_404").value == 1
     assert w.core.flows == 0
@@ -334,10 +351,14 @@ def test_provider_disconnect_before_answer() -> None:
 
 def test_consumer_disconnect_while_resolving() -> None:
     w = World()
-    w.provider("svc")
+    _, puri = w.agent()  # a provider only the controller knows: Resolve is asked
+    w.controller.services[("acme", "svc")].append(
+        registry_pb2.Provider(agent_uri=puri, relay_id=RELAY_ID)
+    )
     cconn, _ = w.agent()
     w.controller.hold = True
     w.open(cconn, 4, "svc")
+    assert [c.method for c in w.pending_calls] == ["Resolve"]
     w.apply(w.core.connection_closed(cconn))
     w.release()
     assert w.core.flows == 0 and not w.splices
@@ -381,6 +402,77 @@ def test_provider_choice_prefers_local_then_round_robin() -> None:
     for stream in (4, 8, 12, 16):
         w.open(c, stream, "svc")
     assert len(w.opened[p1]) == 2 and len(w.opened[p2]) == 2
+    # local-first: the relay's own registrations answer, no Resolve at all
+    assert not any(call.method == "Resolve" for call in w.controller.calls)
+
+
+def test_no_local_provider_asks_the_controller() -> None:
+    w = World()
+    w.provider("svc", tenant="other")  # same name, another tenant: not a candidate
+    p_acme, _ = w.provider("svc-b")  # same tenant, another service
+    c, _ = w.agent()
+    w.controller.hold = True
+    w.open(c, 4, "svc")
+    assert [(x.method, x.request.tenant, x.request.service_name) for x in w.pending_calls] == [
+        ("Resolve", "acme", "svc")
+    ]
+    w.release()
+    assert w.reject_of(c, 4) == (404, "service not found")
+    assert not w.opened[p_acme]
+
+
+def test_local_provider_gone_at_once_on_disconnect() -> None:
+    w = World()
+    pconn, puri = w.provider("svc")
+    c, _ = w.agent()
+    w.open(c, 4, "svc")
+    assert len(w.opened[pconn]) == 1
+    # the DeregisterAgent has not reached the controller yet: its Resolve still
+    # names the provider, but the relay knows the connection is gone
+    w.controller.hold = True
+    w.apply(w.core.connection_closed(pconn))
+    assert [x.method for x in w.pending_calls] == ["DeregisterAgent"]
+    assert [p.agent_uri for p in w.controller.services[("acme", "svc")]] == [puri]
+    w.open(c, 8, "svc")
+    w.release()
+    assert w.reject_of(c, 8) == (404, "service not found")
+    assert w.core.local.providers("acme", "svc") == []
+
+
+def test_refused_registration_is_not_a_local_provider() -> None:
+    w = World()
+    pconn, _ = w.agent()
+    w.controller.fail["RegisterService"] = ControllerError("no", status="PERMISSION_DENIED")
+    w.data(pconn, 0, frame(FrameType.REGISTER, orp_pb2.Register(service_name="svc")))
+    assert w.frames(pconn, 0)[-1].type == FrameType.STREAM_REJECT
+    c, _ = w.agent()
+    w.open(c, 4, "svc")
+    assert w.reject_of(c, 4) == (404, "service not found")
+    assert w.controller.calls[-1].method == "Resolve"
+
+
+def test_registration_refused_on_retry_is_withdrawn() -> None:
+    w = World()
+    w.controller.fail["RegisterService"] = ControllerError("down", status="UNAVAILABLE")
+    pconn, puri = w.provider("svc")  # acknowledged, kept for later
+    assert w.core.local.providers("acme", "svc") == [(puri, pconn)]
+    w.controller.fail["RegisterService"] = ControllerError("no", status="PERMISSION_DENIED")
+    w.apply(w.core.controller_back())
+    assert w.core.local.providers("acme", "svc") == []
+
+
+def test_newer_duplicate_connection_keeps_local_registrations() -> None:
+    w = World()
+    old, uri = w.provider("svc")
+    new, _ = w.connect(uri)
+    w.hello(new, uri)
+    w.apply(w.core.connection_closed(old))
+    assert w.core.local.providers("acme", "svc") == [(uri, new)]
+    c, _ = w.agent()
+    w.open(c, 4, "svc")
+    assert len(w.opened[new]) == 1
+    w.apply(w.core.connection_closed(new))
+    assert w.core.local.providers("acme", "svc") == []
 
 
 def test_candidate_and_checkpoint_forwarded_between_pair() -> None:
@@ -496,3 +588,96 @@ def test_audit_queue_full_counts_drops() -> None:
     w.open(cconn, 8, "svc")
     assert w.metrics.counter("audit_dropped").value == 1
     assert w.audit is not None and len(w.audit) == 1
+
+
+# -- early data ---------------------------------------------------------------
+
+
+def test_early_data_follows_incoming_stream_and_credit_follows_acks() -> None:
+    w = World()
+    pconn, _ = w.provider("svc")
+    cconn, _ = w.agent()
+    w.controller.fail["Resolve"] = ControllerError("unused", status="INTERNAL")
+    w.open(cconn, 4, "svc", stream_id=5, extra=b"abc")
+    sid = w.opened[pconn][-1]
+    opening = w.granted[(cconn, 4)]
+    assert opening == 0  # even OPEN_STREAM's bytes are granted with the answer
+    assert _incoming(w, pconn, sid)[1] == b"abc"
+    w.data(cconn, 4, b"defg")
+    assert _incoming(w, pconn, sid)[1] == b"abcdefg"
+    assert w.granted[(cconn, 4)] == opening  # nothing granted before the provider acks
+    incoming_len = len(w.sent[(pconn, sid)]) - 7
+    # the INCOMING_STREAM frame's acknowledgement is no credit for the consumer
+    w.apply(w.core.stream_drained(pconn, sid, incoming_len + 2))
+    assert w.granted[(cconn, 4)] == opening + 2
+    w.apply(w.core.stream_drained(pconn, sid, 100))  # capped at what was forwarded
+    assert w.granted[(cconn, 4)] == opening + 7
+    assert w.core.stream_drained(cconn, 4, 10) == []  # not the provider's stream
+    assert w.core.stream_drained(cconn, 0, 10) == []  # a control stream
+    w.data(cconn, 4, b"hi")
+    _accept(w, pconn)
+    (splice,) = w.splices
+    assert splice.a.sent == 2 and not splice.a.fin_sent and splice.b.unacked == 0
+
+
+def test_early_data_unacked_incoming_stream_goes_to_the_splice() -> None:
+    w = World()
+    pconn, _ = w.provider("svc")
+    cconn, _ = w.agent()
+    w.open(cconn, 4, "svc", extra=b"xyz")
+    sid = w.opened[pconn][-1]
+    w.apply(w.core.stream_drained(pconn, sid, 10))
+    _accept(w, pconn, b"resp")
+    (splice,) = w.splices
+    assert splice.a.sent == 3 and splice.a.pending == b""
+    assert splice.b.unacked == len(w.sent[(pconn, sid)]) - 3 - 10
+    assert splice.b.pending == b"resp"
+
+
+def test_early_data_waits_while_resolving() -> None:
+    w = World()
+    _, puri = w.agent()
+    w.controller.services[("acme", "svc")].append(
+        registry_pb2.Provider(agent_uri=puri, relay_id=RELAY_ID)
+    )
+    pconn = w.core.local.get(puri)
+    assert pconn is not None
+    cconn, _ = w.agent()
+    w.controller.hold = True
+    w.open(cconn, 4, "svc", extra=b"one ")
+    w.data(cconn, 4, b"two", fin=True)
+    assert not w.opened[pconn]
+    w.release()
+    sid = w.opened[pconn][-1]
+    assert _incoming(w, pconn, sid)[1] == b"one two"
+    assert (pconn, sid) in w.fin
+
+
+def test_early_data_then_provider_rejects() -> None:
+    w = World()
+    pconn, _ = w.provider("svc")
+    cconn, _ = w.agent()
+    w.open(cconn, 4, "svc", stream_id=3, extra=b"early")
+    w.data(cconn, 4, b"", fin=True)
+    sid = w.opened[pconn][-1]
+    assert (pconn, sid) in w.fin  # the consumer's FIN went out as early data
+    reject = frame(FrameType.STREAM_REJECT, orp_pb2.StreamReject(code=502, reason="dial"))
+    w.data(pconn, sid, reject)  # the harness refuses a second FIN on the stream
+    assert w.frames(cconn, 4)[0].type == FrameType.STREAM_REJECT
+    assert len(w.frames(cconn, 4)) == 1 and (cconn, 4) in w.fin
+    assert w.reject_of(cconn, 4) == (503, "provider rejected")
+    assert (pconn, sid) in w.stopped and (cconn, 4) not in w.stopped
+    assert w.core.flows == 0 and not w.splices
+
+
+def test_early_data_without_fin_then_provider_rejects() -> None:
+    w = World()
+    pconn, _ = w.provider("svc")
+    cconn, _ = w.agent()
+    w.open(cconn, 4, "svc", extra=b"early")
+    sid = w.opened[pconn][-1]
+    assert (pconn, sid) not in w.fin
+    w.data(pconn, sid, frame(FrameType.STREAM_REJECT, orp_pb2.StreamReject(code=404)))
+    assert w.reject_of(cconn, 4) == (503, "provider rejected")
+    assert (pconn, sid) in w.fin and (cconn, 4) in w.stopped
+    assert _incoming(w, pconn, sid)[1] == b"early"

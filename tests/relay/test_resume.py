@@ -14,7 +14,7 @@ from outrelay.relay.resume import (
     ResumeMatcher,
 )
 
-from .harness import World, frame
+from .harness import RELAY_ID, World, frame
 
 SID = 0x00000000DEADBEEF
 
@@ -260,7 +260,12 @@ def test_core_undecodable_resume_closes_and_id_zero_is_refused() -> None:
 
 def test_resolve_serves_stale_only_on_transient_error() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
+    # known to the controller only (no REGISTER on this connection), so every
+    # open asks Resolve: local registrations never need it (test_core.py)
+    pconn, puri = w.agent()
+    w.controller.services[("acme", "svc")].append(
+        registry_pb2.Provider(agent_uri=puri, relay_id=RELAY_ID)
+    )
     cconn, _ = w.agent()
     w.open(cconn, 4, "svc")
     _accept(w, pconn)
@@ -278,6 +283,18 @@ def test_resolve_serves_stale_only_on_transient_error() -> None:
     w.now -= 31.0
     w.open(cconn, 20, "svc")
     assert w.reject_of(cconn, 20)[0] == 503  # a real answer: no stale fallback
+
+
+def test_local_provider_served_during_outage_without_resolve() -> None:
+    w = World()
+    w.controller.fail["RegisterService"] = ControllerError("down", status="UNAVAILABLE")
+    w.controller.fail["Resolve"] = ControllerError("down", status="UNAVAILABLE")
+    pconn, _ = w.provider("svc")  # acknowledged while the controller is down
+    cconn, _ = w.agent()
+    w.open(cconn, 4, "svc")
+    _accept(w, pconn)
+    assert len(w.splices) == 1
+    assert not any(c.method == "Resolve" for c in w.controller.calls)
 
 
 def test_register_during_outage_is_acked_and_resent() -> None:

@@ -91,3 +91,19 @@ def test_connection_closed_aborts_other_leg() -> None:
     s.connection_closed(b)
     assert a.resets == [SPLICE_ABORTED] and a.stops == [SPLICE_ABORTED]
     assert ended == [s]
+
+
+def test_early_data_counts_as_held_and_core_bytes_are_skipped() -> None:
+    s, a, b, reg, ended = _splice()
+    # the core forwarded 5 consumer bytes and FIN after a 40-byte INCOMING_STREAM
+    s.early(a, 4, 5, True, 0)
+    s.early(b, 1, 0, False, 40)
+    assert reg.gauge("splice_buffer_bytes").value == 5
+    s.drained(b, 1, 42)  # 40 of them were the core's own frame
+    assert a.granted == 2
+    s.drained(b, 1, 10)
+    assert a.granted == 5 and reg.gauge("splice_buffer_bytes").value == 0
+    s.data(a, 4, b"", True)  # FIN already forwarded: not sent again
+    assert not b.fin and not ended
+    s.data(b, 1, b"resp", True)
+    assert bytes(a.sent) == b"resp" and a.fin and ended == [s]

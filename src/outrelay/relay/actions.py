@@ -117,10 +117,21 @@ class Leg:
     conn: int
     #: QUIC stream id.
     stream: int
-    #: Application bytes received after the opening frame (not yet granted).
+    #: Application bytes received after the opening frame, not yet forwarded
+    #: (not yet granted).
     pending: bytes = b""
     #: The peer already finished its sending side.
     fin: bool = False
+    #: Bytes of this leg the core already forwarded to the other leg (early
+    #: data) and not yet granted back: the splice grants them as the other
+    #: leg's peer acknowledges them.
+    sent: int = 0
+    #: The core already forwarded this leg's FIN to the other leg.
+    fin_sent: bool = False
+    #: Bytes the core wrote on this leg itself (INCOMING_STREAM) that its peer
+    #: has not acknowledged yet: their acknowledgement is no credit for the
+    #: other leg.
+    unacked: int = 0
 
 
 @dataclass(frozen=True, slots=True)

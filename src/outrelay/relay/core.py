@@ -19,6 +19,8 @@ Inputs:
   :class:`~actions.CallController`.
 * ``stream_opened`` / ``stream_open_failed`` -- result of an
   :class:`~actions.OpenStream`.
+* ``stream_drained`` -- the peer acknowledged bytes sent on a stream the core
+  still owns (early data toward a provider that has not answered yet).
 * ``splice_ended`` -- both directions of a :class:`~actions.StartSplice` ended.
 * ``connection_closed`` -- the connection is gone.
 
@@ -32,11 +34,20 @@ The agent path (relay.md §3-§7, §11, §12):
 2. Control frames are handled strictly in order; while a REGISTER waits for
    the controller, later control bytes are not even read.
 3. Every other client stream is a data stream whose first frame decides what
-   it is. OPEN_STREAM runs: caller-side policy -> Resolve -> provider choice
-   -> callee-side policy -> pair record (409 on collision) -> INCOMING_STREAM
-   to the provider -> its STREAM_ACCEPT / STREAM_REJECT -> STREAM_READY on
-   both control streams -> splice. Bytes the consumer (or provider) sends
-   after its opening frame are kept, ungranted, and handed to the splice.
+   it is. OPEN_STREAM runs: caller-side policy -> provider choice (an agent
+   connected here that registered the service, else Resolve at the
+   controller) -> callee-side policy -> pair record (409 on collision) ->
+   INCOMING_STREAM to the provider -> its STREAM_ACCEPT / STREAM_REJECT ->
+   STREAM_READY on both control streams -> splice.
+
+   Early data: bytes the consumer sends after OPEN_STREAM are kept,
+   ungranted, until INCOMING_STREAM is written, then forwarded to the
+   provider at once (``Send``), before its answer. They stay ungranted until
+   the provider acknowledges them (``stream_drained``; the splice takes over
+   the count), so the stream window bounds them as in a splice. Bytes the
+   provider sends after STREAM_ACCEPT are kept and handed to the splice.
+   The OPEN_STREAM frame's own bytes are granted with the answer (STREAM_READY
+   or the reject), so their credit rides in that packet instead of one more.
 
 4. A data stream whose first frame is STREAM_RESUME or MIGRATE_TO_RELAY is a
    resume *half* for :class:`~resume.ResumeMatcher` (relay.md §8-§9). When
@@ -109,7 +120,7 @@ from outrelay.relay.errors import (
     reject_frame,
 )
 from outrelay.relay.pairs import PairTable
-from outrelay.relay.registry import LocalAgents, ProviderChooser
+from outrelay.relay.registry import Chosen, LocalAgents, ProviderChooser
 from outrelay.relay.resume import (
     RESUME_WINDOW_S,
     Half,
@@ -216,6 +227,9 @@ class _Flow:
     started: float
     phase: _Phase = _Phase.OPENING
     opening: _Opening = field(default_factory=_Opening)
+    #: bytes of the consumer's opening frame not granted yet: for OPEN_STREAM
+    #: they are granted with the answer, so the credit rides in its packet
+    credit: int = 0
     pending: bytearray = field(default_factory=bytearray)
     fin: bool = False
     request: orp_pb2.OpenStream | None = None
@@ -226,6 +240,13 @@ class _Flow:
     provider_stream: int | None = None
     provider_opening: _Opening = field(default_factory=_Opening)
     provider_fin: bool = False
+    #: early data: consumer bytes sent to the provider, not yet granted back
+    early: int = 0
+    #: early data: the consumer's FIN was forwarded to the provider
+    early_fin: bool = False
+    #: bytes of INCOMING_STREAM the provider has not acknowledged yet (their
+    #: acknowledgement is no credit for the consumer)
+    skip: int = 0
     #: stream id recorded in the pair table for this flow (0: none)
     pair_id: int = 0
     opened_at: float = 0.0
@@ -311,6 +332,7 @@ class RelayCore:
         self.m_resume_pending = m.gauge("resume_pending")
         self.m_stale = m.counter("resolve_stale_served")
         self.m_deferred = m.counter("controller_deferred")
+        self.m_forwarded = m.counter("bytes_forwarded")  # early data; the splice counts the rest
 
     # -- introspection (tests, debug) -------------------------------------
 
@@ -661,6 +683,7 @@ class RelayCore:
         agent.busy = False
         if request is not None:
             agent.services[request.service_name] = request.local_addr
+            self.local.provide(request.tenant, request.service_name, agent.uri)
         ack = orp_pb2.RegisterAck(service_id=service_id)
         actions: list[Action] = [
             Send(agent.conn, CONTROL_STREAM, encode_message(FrameType.REGISTER_ACK, ack))
@@ -689,6 +712,7 @@ class RelayCore:
                     extra=kv(agent=agent.uri, service=retried.service_name, err=error.reason),
                 )
                 agent.services.pop(retried.service_name, None)
+                self.local.withdraw(retried.tenant, retried.service_name, agent.uri)
             return []
         if kind == "register":
             agent = self._agents.get(ref)
@@ -724,7 +748,7 @@ class RelayCore:
             stale = self.resolved.stale(key, self.clock())
             if stale is not None:
                 self.m_stale.inc()
-                log.info(
+                log.debug(
                     "resolve failed; using the cached answer",
                     extra=kv(service=key[1], status=error.status),
                 )
@@ -748,7 +772,41 @@ class RelayCore:
         self._streams[(pconn, stream)] = flow
         flow.keys.append((pconn, stream))
         self._agents[pconn].flows.add(flow.id)
-        return []
+        if not flow.pending and not flow.fin:
+            return []
+        # early data: what the consumer sent after OPEN_STREAM goes out now
+        data, flow.pending = bytes(flow.pending), bytearray()
+        return self._forward_early(flow, data, flow.fin)
+
+    def _forward_early(self, flow: _Flow, data: bytes, fin: bool) -> list[Action]:
+        """Consumer bytes (and FIN) straight to the provider, before its answer."""
+        assert flow.provider_conn is not None and flow.provider_stream is not None
+        if flow.early_fin:
+            return []
+        flow.early += len(data)
+        flow.early_fin = fin
+        if data:
+            self.m_forwarded.add(len(data))
+        return [Send(flow.provider_conn, flow.provider_stream, data, fin)]
+
+    def stream_drained(self, conn: int, stream: int, n: int) -> list[Action]:
+        """The peer acknowledged ``n`` bytes sent on a stream the core still owns.
+
+        Only early data counts: acknowledged bytes of it are granted back to
+        the consumer (the INCOMING_STREAM frame ahead of them is not).
+        """
+        flow = self._streams.get((conn, stream))
+        if flow is None or flow.phase is not _Phase.ANSWER or stream != flow.provider_stream:
+            return []
+        if flow.skip:
+            used = min(n, flow.skip)
+            flow.skip -= used
+            n -= used
+        n = min(n, flow.early)
+        if n <= 0:
+            return []
+        flow.early -= n
+        return [Grant(flow.conn, flow.stream, n)]
 
     def stream_open_failed(self, token: int) -> list[Action]:
         """The OpenStream of ``token`` failed (provider connection closing)."""
@@ -784,8 +842,10 @@ class RelayCore:
     ) -> list[Action]:
         if (conn, stream) == (flow.conn, flow.stream):
             if flow.phase is not _Phase.OPENING:
-                flow.pending += data
                 flow.fin |= fin
+                if flow.phase is _Phase.ANSWER:
+                    return self._forward_early(flow, data, fin) if data or fin else []
+                flow.pending += data
                 return []
             try:
                 got = flow.opening.feed(data)
@@ -800,8 +860,8 @@ class RelayCore:
             frame, rest, used = got
             flow.pending += rest
             flow.fin = fin
-            actions: list[Action] = [Grant(conn, stream, used)]
-            return actions + self._first_frame(flow, frame)
+            flow.credit = used
+            return self._first_frame(flow, frame)
         # the provider's stream
         if flow.phase is not _Phase.ANSWER:
             return []
@@ -834,7 +894,7 @@ class RelayCore:
             flow.opened_at = self.clock()
             return self._open(flow)
         if frame.type in (FrameType.STREAM_RESUME, FrameType.MIGRATE_TO_RELAY):
-            return self._resume(flow, frame)
+            return self._credit(flow) + self._resume(flow, frame)
         log.warning("first frame not OPEN_STREAM", extra=kv(type=frame.type))
         return self._end(flow)
 
@@ -846,12 +906,17 @@ class RelayCore:
             if not decision.allowed:
                 return self._reject(flow, Denied("denied: " + decision.reason))
             flow.p2p_mode, flow.relay_mode = decision.p2p_mode, decision.relay_mode
+        tenant = tenant_of(flow.consumer_uri)
+        # Local-first: an agent connected here registered the service (we sent
+        # its REGISTER_ACK), so the controller's answer would name it too; the
+        # controller is asked only when there is none (docs/relay.md).
+        chosen = self.chooser.choose_local(tenant, req.target_service)
+        if chosen is not None:
+            return self._to_provider(flow, chosen)
         flow.phase = _Phase.RESOLVING
         token = self._token("resolve", flow.id)
         request = registry_pb2.ResolveRequest(
-            tenant=tenant_of(flow.consumer_uri),
-            service_name=req.target_service,
-            caller_region=self.region,
+            tenant=tenant, service_name=req.target_service, caller_region=self.region
         )
         return [CallController(token, "Resolve", request)]
 
@@ -864,9 +929,14 @@ class RelayCore:
             )
         except NotFound as exc:
             return self._reject(flow, exc)
+        return self._to_provider(flow, chosen)
+
+    def _to_provider(self, flow: _Flow, chosen: Chosen) -> list[Action]:
+        req = flow.request
+        assert req is not None
         if chosen.conn is None:
             return self._reject(flow, BadGateway("inter-relay forwarding unavailable"))
-        provider = chosen.provider.agent_uri
+        provider = chosen.uri
         if self.policy is not None:
             callee = self.evaluate(provider, flow.consumer_uri, req.method)
             if not callee.allowed:
@@ -887,7 +957,9 @@ class RelayCore:
             stream_id=req.stream_id,
         )
         token = self._token("open", flow.id, chosen.conn)
-        return [OpenStream(token, chosen.conn, encode_message(FrameType.INCOMING_STREAM, incoming))]
+        data = encode_message(FrameType.INCOMING_STREAM, incoming)
+        flow.skip = len(data)
+        return [OpenStream(token, chosen.conn, data)]
 
     def _splice(self, flow: _Flow, provider_rest: bytes) -> list[Action]:
         req = flow.request
@@ -896,12 +968,19 @@ class RelayCore:
         flow.phase = _Phase.SPLICED
         self.m_setup.observe(self.clock() - flow.opened_at)
         ready = encode_message(FrameType.STREAM_READY, orp_pb2.StreamReady(stream_id=req.stream_id))
-        actions: list[Action] = [Send(flow.conn, CONTROL_STREAM, ready)]
+        actions = self._credit(flow)
+        actions.append(Send(flow.conn, CONTROL_STREAM, ready))
         if self.local.get(flow.provider_uri) == flow.provider_conn:
             actions.append(Send(flow.provider_conn, CONTROL_STREAM, ready))
-        a = Leg(flow.conn, flow.stream, bytes(flow.pending), flow.fin)
-        b = Leg(flow.provider_conn, flow.provider_stream, provider_rest, flow.provider_fin)
-        flow.pending = bytearray()
+        # the consumer's bytes so far are already with the provider (early data)
+        a = Leg(flow.conn, flow.stream, fin=flow.fin, sent=flow.early, fin_sent=flow.early_fin)
+        b = Leg(
+            flow.provider_conn,
+            flow.provider_stream,
+            provider_rest,
+            flow.provider_fin,
+            unacked=flow.skip,
+        )
         actions.append(StartSplice(flow.id, a, b))
         return actions
 
@@ -940,7 +1019,7 @@ class RelayCore:
         live = self.pairs.get(msg.stream_id) if msg.stream_id else None
         if live is not None and tenant_of(live.consumer) == tenant:
             parties = frozenset((live.consumer, live.provider))
-        log.info(
+        log.debug(
             "resume half",
             extra=kv(agent=flow.consumer_uri, stream_id=f"{msg.stream_id:016x}", type=frame.type),
         )
@@ -1000,7 +1079,7 @@ class RelayCore:
                 extra=kv(stream_id=f"{h1.stream_id:016x}"),
             )
         self.m_resumed.inc()
-        log.info(
+        log.debug(
             "stream resumed",
             extra=kv(stream_id=f"{h1.stream_id:016x}", a=h1.agent, b=h2.agent),
         )
@@ -1022,11 +1101,12 @@ class RelayCore:
         """Answer the consumer with one STREAM_REJECT and end the flow."""
         self.m_rejects.inc()
         self._m.counter(f"stream_rejects_{err.code}").inc()
-        log.info(
+        log.debug(
             "stream rejected",
             extra=kv(consumer=flow.consumer_uri, code=err.code, reason=err.reason),
         )
-        actions: list[Action] = [Send(flow.conn, flow.stream, reject_frame(err), fin=True)]
+        actions = self._credit(flow)
+        actions.append(Send(flow.conn, flow.stream, reject_frame(err), fin=True))
         if not flow.fin:
             actions.append(StopReading(flow.conn, flow.stream))
         actions += self._drop_provider(flow, reset=False)
@@ -1041,10 +1121,18 @@ class RelayCore:
         return actions
 
     def _close_consumer(self, flow: _Flow) -> list[Action]:
-        actions: list[Action] = [Send(flow.conn, flow.stream, b"", fin=True)]
+        actions = self._credit(flow)
+        actions.append(Send(flow.conn, flow.stream, b"", fin=True))
         if not flow.fin:
             actions.append(StopReading(flow.conn, flow.stream))
         return actions
+
+    def _credit(self, flow: _Flow) -> list[Action]:
+        """Grant the consumer's opening frame (once)."""
+        if not flow.credit:
+            return []
+        n, flow.credit = flow.credit, 0
+        return [Grant(flow.conn, flow.stream, n)]
 
     def _drop_provider(self, flow: _Flow, *, reset: bool) -> list[Action]:
         conn, stream = flow.provider_conn, flow.provider_stream
@@ -1053,7 +1141,9 @@ class RelayCore:
         flow.provider_stream = None
         if reset:
             return [ResetStream(conn, stream)]
-        actions: list[Action] = [Send(conn, stream, b"", fin=True)]
+        actions: list[Action] = []
+        if not flow.early_fin:  # else the consumer's FIN went out as early data
+            actions.append(Send(conn, stream, b"", fin=True))
         if not flow.provider_fin:
             actions.append(StopReading(conn, stream))
         return actions

@@ -312,6 +312,10 @@ class Relay:
             splice = self._spliced.get((conn, event.stream_id))
             if splice is not None:
                 splice.drained(link, event.stream_id, event.drained)
+            else:
+                actions = self.core.stream_drained(conn, event.stream_id, event.drained)
+                if actions:  # early data acknowledged: grants only, no timer change
+                    self._apply(actions)
         elif kind is StreamReset or kind is StopSendingReceived:
             assert isinstance(event, StreamReset | StopSendingReceived)
             splice = self._spliced.get((conn, event.stream_id))
@@ -433,6 +437,9 @@ class Relay:
         self._spliced[(b.conn, b.stream)] = splice
         self._conn_splices.setdefault(a.conn, set()).add(splice)
         self._conn_splices.setdefault(b.conn, set()).add(splice)
+        for link, leg in ((la, a), (lb, b)):
+            if leg.sent or leg.fin_sent or leg.unacked:
+                splice.early(link, leg.stream, leg.sent, leg.fin_sent, leg.unacked)
         if a.pending or a.fin:
             splice.data(la, a.stream, a.pending, a.fin)
         if (b.pending or b.fin) and not splice.ended:

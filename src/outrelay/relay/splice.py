@@ -19,6 +19,11 @@ Each direction (A->B, B->A) is independent:
   destination peer becomes STOP_SENDING toward the source peer.
 * When both directions have ended, or either connection closed, the splice
   is over and ``on_end`` runs once.
+* A splice can start with one direction already under way (:meth:`Splice.early`):
+  the core forwarded a consumer's early data before the provider accepted.
+  Those bytes count as held (granted when acknowledged), and bytes the core
+  wrote on the destination itself (INCOMING_STREAM) are skipped when its
+  acknowledgements come in, so they are no credit for the source.
 
 The payload is never inspected. A leg is anything with the small
 :class:`LegIO` interface (``outrelay.transport.Link`` in the relay).
@@ -54,7 +59,7 @@ class LegIO(Protocol):
 class _Direction:
     """One way of a splice: bytes from ``src`` to ``dst``."""
 
-    __slots__ = ("src", "src_stream", "dst", "dst_stream", "held", "done")
+    __slots__ = ("src", "src_stream", "dst", "dst_stream", "held", "skip", "done")
 
     def __init__(self, src: LegIO, src_stream: int, dst: LegIO, dst_stream: int) -> None:
         self.src = src
@@ -63,6 +68,8 @@ class _Direction:
         self.dst_stream = dst_stream
         #: bytes received from src, sent on dst, not yet granted back to src
         self.held = 0
+        #: bytes on dst written by someone else (the core), still unacknowledged
+        self.skip = 0
         #: FIN or reset forwarded; nothing more flows this way
         self.done = False
 
@@ -100,6 +107,20 @@ class Splice:
             return self.ba
         return self.ab
 
+    def early(self, leg: LegIO, stream: int, sent: int, fin_sent: bool, unacked: int) -> None:
+        """What the core did on ``leg`` before the splice started.
+
+        ``sent`` bytes read from it are already on the other leg, ungranted;
+        ``fin_sent``: its FIN was forwarded too; ``unacked`` bytes the core
+        wrote on it are not acknowledged yet. Call before any input.
+        """
+        d = self._from(leg, stream)
+        if sent:
+            d.held += sent
+            self.m_held.set(self.m_held.value + sent)
+        d.done = d.done or fin_sent
+        self._to(leg, stream).skip += unacked
+
     # -- inputs ---------------------------------------------------------------
 
     def data(self, leg: LegIO, stream: int, data: bytes, fin: bool) -> None:
@@ -130,6 +151,10 @@ class Splice:
     def drained(self, leg: LegIO, stream: int, n: int) -> None:
         """The peer of ``leg`` acknowledged ``n`` bytes: grant them to the source."""
         d = self._to(leg, stream)
+        if d.skip:
+            skipped = min(n, d.skip)
+            d.skip -= skipped
+            n -= skipped
         g = min(n, d.held)
         if g <= 0:
             return
