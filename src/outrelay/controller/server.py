@@ -107,6 +107,8 @@ class Controller:
                 "controller: INSECURE MODE: plaintext gRPC, no authentication, every "
                 "caller may call every method; never use this outside local experiments"
             )
+        # Bad credentials are a usage error: say so before creating a database.
+        self._credentials(mtls=True)
         store = Store(cfg.db)
         self._db = db = Db(store)
         try:
