@@ -24,7 +24,6 @@ import contextlib
 import http.client
 import http.server
 import json
-import os
 import re
 import shlex
 import shutil
@@ -40,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from outrelay.childproc import ComponentProcess, NotReadyError, child_env
 
 TENANT = "acme"
 SERVICE = "web"
@@ -85,8 +86,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _child_env() -> dict[str, str]:
     """Our environment without ``OUTRELAY_*`` option variables (they would change flags)."""
-    keep = {"OUTRELAY_NO_EXTENSIONS", "OUTRELAY_REQUIRE_EXTENSIONS"}
-    return {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_") or k in keep}
+    return child_env(keep={"OUTRELAY_NO_EXTENSIONS", "OUTRELAY_REQUIRE_EXTENSIONS"})
 
 
 class Shell:
@@ -124,73 +124,47 @@ class Shell:
         return done.stdout
 
 
-class Child:
+class Child(ComponentProcess):
     """One long-running ``outrelay`` command, ready once it wrote its ready file."""
 
     def __init__(self, shell: Shell, name: str, args: Sequence[str]) -> None:
+        # Its own session: terminal signals go to the demo only.
+        super().__init__(name, args, shell.state, env=_child_env(), new_session=True)
         self.shell = shell
-        self.name = name
-        self.ready_file = shell.state / f"{name}.ready.json"
-        self.log_path = shell.state / f"{name}.log"
-        self.args = [*args, "--ready-file", str(self.ready_file)]
-        self.proc: subprocess.Popen[bytes] | None = None
-        #: The ready file's content.
-        self.info: dict[str, Any] = {}
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def info(self) -> dict[str, Any]:
+        """The ready file's content."""
+        return self.addresses
 
     def spawn(self) -> None:
-        """Start the process (its own session: terminal signals go to the demo only)."""
+        """Show the command, then start the process."""
         say(f"$ {self.shell.show(self.args)}")
-        self.ready_file.unlink(missing_ok=True)  # left by an earlier run in --state-dir
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.shell.argv(self.args),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_child_env(),
-                cwd=self.shell.state,
-                start_new_session=True,
-            )
+        super().spawn()
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    def ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         """Wait for the ready file. Raises DemoError if the process exits or times out."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DemoError(f"{self.name} exited {self.proc.returncode} at startup", self)
-            if self.ready_file.exists():
-                self.info = json.loads(self.ready_file.read_text())
-                return self.info
-            time.sleep(0.02)
-        raise DemoError(f"{self.name} not ready after {timeout:g}s", self)
+        try:
+            return self.wait_ready(timeout)
+        except NotReadyError as exc:
+            if exc.returncode is not None:
+                raise DemoError(f"{self.name} exited {exc.returncode} at startup", self) from exc
+            raise DemoError(f"{self.name} not ready after {timeout:g}s", self) from exc
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace: float = STOP_GRACE) -> str:
+    def stop_and_say(self, grace: float = STOP_GRACE) -> str:
         """SIGTERM, then SIGKILL after ``grace`` seconds; say how it ended."""
         if self.proc is None:
             return "never started"
         if self.proc.poll() is not None:
             return f"had already exited {self.proc.returncode}"
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            return f"exit {self.proc.wait(grace)}"
+            return f"exit {self.stop(grace)}"
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
             return f"killed after {grace:g}s"
 
-    def log_tail(self, lines: int = 15) -> list[str]:
-        if not self.log_path.exists():
-            return []
-        return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+    def log_lines(self, lines: int = 15) -> list[str]:
+        """The last ``lines`` lines of the log."""
+        return self.log().splitlines()[-lines:]
 
 
 class _PageHandler(http.server.BaseHTTPRequestHandler):
@@ -288,7 +262,7 @@ class Demo:
             self.children.append(child)
             child.spawn()
         for child in spawned:
-            child.wait_ready()
+            child.ready()
             say(f"{child.name} is up: pid {child.pid}")
 
     def consumer_url(self, path: str) -> str:
@@ -389,7 +363,7 @@ class Demo:
     def wait_log(self, child: Child, text: str) -> str:
         deadline = time.monotonic() + STEP_TIMEOUT
         while time.monotonic() < deadline:
-            for line in child.log_tail(200):
+            for line in child.log_lines(200):
                 if text in line:
                     return line
             time.sleep(0.05)
@@ -435,7 +409,7 @@ class Demo:
         """Stop the children in reverse start order; True if each exited 0."""
         clean = True
         for child in reversed(self.children):
-            how = child.stop()
+            how = child.stop_and_say()
             clean &= how == "exit 0"
             pid = child.proc.pid if child.proc is not None else "-"
             say(f"{child.name} (pid {pid}): {how}")
@@ -488,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, reason = 1, str(exc)
         if exc.log is not None:
             print(f"\n-- last lines of {exc.log.name}.log --", flush=True)
-            for line in exc.log.log_tail():
+            for line in exc.log.log_lines():
                 say(line)
     except Interrupted as exc:
         # Ctrl-C is how --keep ends once everything is up; anything else is a failure.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import socket
 import socketserver
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 import pytest
 
 from outrelay.agent import testing
+from outrelay.childproc import child_env
 from outrelay.controller.testing import ControllerProcess, dev_pki
 from outrelay.orp import FrameType
 from outrelay.relay.testing import ProbeAgent, RelayProcess, close_all
@@ -41,10 +41,6 @@ T = TypeVar("T")
 TENANT = "acme"
 #: The consumer agent's log line for a rejected stream.
 REJECTED = re.compile(r"stream to (?P<service>\S+) rejected: (?P<code>\d+) (?P<reason>[^\"]*)\"")
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
@@ -86,15 +82,6 @@ def run_async(coro_fn: Callable[[], Awaitable[T]], limit: float = 30.0) -> T:
 
 class AgentProcess(testing.AgentProcess):
     """``outrelay agent`` as a child process (``outrelay.agent.testing``), plus accessors."""
-
-    def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
-        super().__init__(workdir, name, args)
-        self.name = name
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     @property
     def uri(self) -> str:
@@ -143,8 +130,8 @@ class Stack:
 
     @property
     def relay_pid(self) -> int:
-        assert self.relay is not None and self.relay.proc is not None
-        return self.relay.proc.pid
+        assert self.relay is not None
+        return self.relay.pid
 
     @property
     def relay_addr(self) -> str:
@@ -185,7 +172,7 @@ class Stack:
         tls = ["--controller", self.ctl.target, "--cert", str(cert), "--key", str(key)]
         cmd = [sys.executable, "-m", "outrelay", *args, *tls, "--ca", str(self.ca)]
         done = subprocess.run(
-            cmd, capture_output=True, text=True, env=_clean_env(), timeout=30, check=False
+            cmd, capture_output=True, text=True, env=child_env(), timeout=30, check=False
         )
         assert done.returncode == 0, f"{args}: exit {done.returncode}: {done.stderr}"
         return done.stdout

@@ -10,109 +10,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
-import signal
-import socket
-import socketserver
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from outrelay.agent import Agent, AgentConfig, StreamRejected
+from outrelay.agent.testing import AgentProcess
+from outrelay.childproc import ComponentProcess
 from outrelay.controller.testing import ControllerProcess, dev_pki
 from outrelay.proto import policy_pb2 as pp
 from outrelay.proto import policy_pb2_grpc as pg
 from outrelay.relay.testing import RelayProcess
 
+from .conftest import exchange, free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 TENANT = "acme"
-
-
-class AgentProcess:
-    """``outrelay agent`` as a child process, ready once its ready file exists."""
-
-    def __init__(self, workdir: Path, name: str, args: list[str]) -> None:
-        self.workdir = workdir
-        self.ready_file = workdir / f"{name}-ready.json"
-        self.log_path = workdir / f"{name}.log"
-        self.cmd = [sys.executable, "-m", "outrelay", "agent", *args]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.info: dict[str, Any] = {}
-
-    def start(self, timeout: float = 30.0) -> AgentProcess:
-        self.ready_file.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [*self.cmd, "--ready-file", str(self.ready_file)],
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=self.workdir,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log()}")
-            if self.ready_file.exists():
-                self.info = json.loads(self.ready_file.read_text())
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"agent not ready after {timeout}s:\n{self.log()}")
-
-    def consume_addr(self, service: str) -> tuple[str, int]:
-        host, _, port = self.info["consume"][service].rpartition(":")
-        return host, int(port)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log().count(text) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} x{count} not logged:\n{self.log()}")
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class _EchoHandler(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        while data := sock.recv(65536):
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-
-
-class _EchoServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 @dataclass
@@ -124,12 +42,6 @@ class Env:
     relay_port: int
     provider: AgentProcess
     consumer: AgentProcess
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _relay(work: Path, pki: Path, ctl: ControllerProcess, port: int, name: str) -> RelayProcess:
@@ -145,14 +57,11 @@ def _relay(work: Path, pki: Path, ctl: ControllerProcess, port: int, name: str) 
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory, echo_backend: str) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("agentproc")
     pki = dev_pki(work / "pki")
     ctl = ControllerProcess(work, pki)
-    backend = _EchoServer(("127.0.0.1", 0), _EchoHandler)
-    thread = threading.Thread(target=backend.serve_forever, daemon=True)
-    thread.start()
-    procs: list[Any] = []
+    procs: list[ComponentProcess] = []
     try:
         ctl.start()
         admin = ctl.channel("admin")
@@ -170,13 +79,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             )
             stub.AddPolicy(pp.AddPolicyRequest(rule=rule), timeout=5)
         admin.close()
-        relay_port = _free_port()
+        relay_port = free_port()
         relay = _relay(work, pki, ctl, relay_port, "relay-1")
         procs.append(relay)
         relay.start()
         relay_addr = f"127.0.0.1:{relay_port}"
         common = ["--relay", relay_addr, "--ca", str(pki / "ca.crt"), "--log-level", "debug"]
-        backend_port = backend.server_address[1]
         provider = AgentProcess(
             work,
             "provider",
@@ -187,9 +95,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "--key",
                 str(pki / "agent-provider.key"),
                 "--expose",
-                f"svc-echo=127.0.0.1:{backend_port}",
+                f"svc-echo={echo_backend}",
                 "--expose",
-                f"svc-down=127.0.0.1:{_free_port()}",
+                f"svc-down=127.0.0.1:{free_port()}",
             ],
         )
         procs.append(provider)
@@ -217,27 +125,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         for proc in reversed(procs):
             proc.kill()
         ctl.kill()
-        backend.shutdown()
-        backend.server_close()
-
-
-def _exchange(addr: tuple[str, int], payload: bytes, timeout: float = 20.0) -> bytes:
-    """Send ``payload``, half-close, and read until the other side closes."""
-    with socket.create_connection(addr, timeout=timeout) as sock:
-
-        def send() -> None:
-            with contextlib.suppress(OSError):  # a rejected stream closes the socket early
-                sock.sendall(payload)
-                sock.shutdown(socket.SHUT_WR)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        chunks = []
-        with contextlib.suppress(ConnectionResetError):
-            while data := sock.recv(65536):
-                chunks.append(data)
-        sender.join(timeout)
-        return b"".join(chunks)
 
 
 def test_ready_file_and_uri_default(env: Env) -> None:
@@ -249,24 +136,24 @@ def test_ready_file_and_uri_default(env: Env) -> None:
 
 def test_byte_exact_both_ways_with_half_close(env: Env) -> None:
     payload = os.urandom(2 * 1024 * 1024 + 3)
-    got = _exchange(env.consumer.consume_addr("svc-echo"), payload)
+    got = exchange(env.consumer.consume_addr("svc-echo"), payload)
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
     # A small one-shot request, `printf ... | nc` style.
-    assert _exchange(env.consumer.consume_addr("svc-echo"), b"ping\n") == b"ping\n"
+    assert exchange(env.consumer.consume_addr("svc-echo"), b"ping\n") == b"ping\n"
 
 
 def test_policy_deny_closes_local_connection(env: Env) -> None:
-    assert _exchange(env.consumer.consume_addr("svc-denied"), b"secret") == b""
+    assert exchange(env.consumer.consume_addr("svc-denied"), b"secret") == b""
     env.consumer.wait_log("rejected: 403")
 
 
 def test_unknown_service_is_404(env: Env) -> None:
-    assert _exchange(env.consumer.consume_addr("svc-missing"), b"x") == b""
+    assert exchange(env.consumer.consume_addr("svc-missing"), b"x") == b""
     env.consumer.wait_log("rejected: 404 service not found")
 
 
 def test_backend_down_is_502_at_the_provider(env: Env) -> None:
-    assert _exchange(env.consumer.consume_addr("svc-down"), b"x") == b""
+    assert exchange(env.consumer.consume_addr("svc-down"), b"x") == b""
     env.provider.wait_log("rejecting incoming stream: 502 dial tcp 127.0.0.1:")
     env.consumer.wait_log("rejected: 503 provider rejected")
 
@@ -325,7 +212,7 @@ def test_reconnect_after_relay_restart(env: Env) -> None:
         # so the first stream after "session up" must work; retry only in
         # case the consumer raced ahead of the provider's replay.
         while got != payload and time.monotonic() < deadline:
-            got = _exchange(env.consumer.consume_addr("svc-echo"), payload)
+            got = exchange(env.consumer.consume_addr("svc-echo"), payload)
         assert got == payload
         assert env.consumer.stop() == 0
         assert env.provider.stop() == 0

@@ -14,13 +14,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
-import signal
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -29,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from outrelay.childproc import ComponentProcess
 from outrelay.controller.testing import ControllerProcess, dev_pki
 from outrelay.relay.testing import RelayProcess
 
@@ -42,49 +39,23 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-class AgentProcess:
-    """``outrelay agent`` as a child process, ready once its ready file exists."""
+class AgentProcess(ComponentProcess):
+    """``outrelay agent`` as a child process (``<workdir>/<name>.log``)."""
+
+    start_timeout = 30.0
 
     def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
-        self.workdir = workdir
-        self.ready_file = workdir / f"{name}-ready.json"
-        self.log_path = workdir / f"{name}.log"
-        self.cmd = [sys.executable, "-m", "outrelay", "agent", *args]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.info: dict[str, Any] = {}
+        super().__init__(name, ["agent", *args], workdir)
 
-    def start(self, timeout: float = 30.0) -> AgentProcess:
-        """Start and wait for the ready file; raises RuntimeError if it dies or times out."""
-        self.ready_file.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [*self.cmd, "--ready-file", str(self.ready_file)],
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=self.workdir,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log()}")
-            if self.ready_file.exists():
-                self.info = json.loads(self.ready_file.read_text())
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"agent not ready after {timeout}s:\n{self.log()}")
+    @property
+    def info(self) -> dict[str, Any]:
+        """The ready file's content (``uri``, ``consume``, ``debug`` ...)."""
+        return self.addresses
 
     def consume_addr(self, service: str) -> tuple[str, int]:
         """(host, port) of the ``--consume`` listener for ``service``."""
         host, _, port = self.info["consume"][service].rpartition(":")
         return host, int(port)
-
-    def log(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def metrics(self) -> dict[str, Any]:
         """``/debug/metrics`` of an agent started with ``--debug-listen``."""
@@ -92,32 +63,6 @@ class AgentProcess:
         with urllib.request.urlopen(url, timeout=5) as resp:
             data: dict[str, Any] = json.loads(resp.read())
             return data
-
-    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
-        """Wait until ``text`` was logged ``count`` times; AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self.log().count(text) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} x{count} not logged:\n{self.log()[-4000:]}")
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after ``timeout``); return the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 ``dev_pki(dir)`` writes a dev bundle (``outrelay pki dev``); ``ControllerProcess``
 starts ``python -m outrelay controller`` on ephemeral ports with a real
-database file, waits for its ``--ready-file`` with a deadline, and hands out
-mTLS channels per role — a dev-bundle leaf by name (``"admin"``, ``"relay"``)
+database file, waits for its ``--ready-file`` with a deadline (a
+:class:`~outrelay.childproc.ComponentProcess`), and hands out mTLS channels
+per role — a dev-bundle leaf by name (``"admin"``, ``"relay"``)
 or any identity URI (``"outrelay://other/admin/ops"``), whose leaf is then
 issued by the bundle's CA on first use. Always ``stop()``/``kill()`` it in a
 finalizer.
@@ -11,18 +12,13 @@ finalizer.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from outrelay.childproc import ComponentProcess
 from outrelay.identity import parse
 from outrelay.pki.ca import CA, cert_pem
 from outrelay.pki.csr import key_pem
@@ -44,70 +40,41 @@ def dev_pki(out: Path, tenant: str = "acme") -> Path:
     return out
 
 
-class ControllerProcess:
-    """``outrelay controller`` as a child process."""
+class ControllerProcess(ComponentProcess):
+    """``outrelay controller`` as a child process (``<workdir>/controller.log``)."""
 
     def __init__(
         self, workdir: Path, pki: Path, *, db: Path | None = None, args: Sequence[str] = ()
     ) -> None:
-        self.workdir = workdir
         self.pki = pki
         self.db = db or workdir / "controller.db"
-        self.args = list(args)
-        self.ready_file = workdir / "ready.json"
-        self.log_path = workdir / "controller.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.addresses: dict[str, str] = {}
-
-    def start(self, timeout: float = 20.0) -> ControllerProcess:
-        """Start and wait until it serves; raises RuntimeError if it dies or times out."""
-        self.ready_file.unlink(missing_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "outrelay",
+        super().__init__(
             "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--enroll-listen",
-            "127.0.0.1:0",
-            "--debug-listen",
-            "127.0.0.1:0",
-            "--db",
-            str(self.db),
-            "--cert",
-            str(self.pki / "controller.crt"),
-            "--key",
-            str(self.pki / "controller.key"),
-            "--ca",
-            str(self.pki / "ca.crt"),
-            "--ready-file",
-            str(self.ready_file),
-            *self.args,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=self.workdir)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"controller exited {self.proc.returncode}:\n{self.log()}")
-            if self.ready_file.exists():
-                self.addresses = json.loads(self.ready_file.read_text())
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"controller not ready after {timeout}s:\n{self.log()}")
+            [
+                "controller",
+                "--listen",
+                "127.0.0.1:0",
+                "--enroll-listen",
+                "127.0.0.1:0",
+                "--debug-listen",
+                "127.0.0.1:0",
+                "--db",
+                str(self.db),
+                "--cert",
+                str(pki / "controller.crt"),
+                "--key",
+                str(pki / "controller.key"),
+                "--ca",
+                str(pki / "ca.crt"),
+                *args,
+            ],
+            workdir,
+        )
 
     @property
     def target(self) -> str:
         """The mTLS gRPC address."""
-        return self.addresses["grpc"]
-
-    def log(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return str(self.addresses["grpc"])
 
     def leaf(self, role: str) -> tuple[Path, Path]:
         """(cert, key) files of a dev-bundle leaf name or of an identity URI.
@@ -140,25 +107,3 @@ class ControllerProcess:
         """A blocking channel to the controller as ``role``."""
         options = [(k.replace("__", "."), v) for k, v in opts.items()]
         return grpc.secure_channel(target or self.target, self.credentials(role), options=options)
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the process."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signum)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after ``timeout``); return the exit code."""
-        if self.proc is None:
-            return 0
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

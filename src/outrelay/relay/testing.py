@@ -1,7 +1,8 @@
 """Test helpers: a relay child process and a minimal ORP agent on the transport.
 
 ``RelayProcess`` starts ``python -m outrelay relay`` on ephemeral ports and
-waits for its ``--ready-file``; always ``kill()`` it in a finalizer.
+waits for its ``--ready-file`` (a :class:`~outrelay.childproc.ComponentProcess`);
+always ``kill()`` it in a finalizer.
 ``ProbeAgent`` speaks just enough ORP to drive a relay from a test: HELLO,
 control frames, OPEN_STREAM, and answering INCOMING_STREAM; every wait has a
 deadline. Not part of the public API.
@@ -11,18 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
 
+from outrelay.childproc import ComponentProcess
 from outrelay.orp import (
     HEADER_SIZE,
     Frame,
@@ -45,8 +41,8 @@ from outrelay.transport import (
 )
 
 
-class RelayProcess:
-    """``outrelay relay`` as a child process."""
+class RelayProcess(ComponentProcess):
+    """``outrelay relay`` as a child process (``<workdir>/<name>.log``)."""
 
     def __init__(
         self,
@@ -59,77 +55,32 @@ class RelayProcess:
         args: Sequence[str] = (),
         name: str = "relay",
     ) -> None:
-        self.workdir = workdir
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "outrelay",
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--debug-listen",
-            "127.0.0.1:0",
-            "--cert",
-            str(cert),
-            "--key",
-            str(key),
-            "--ca",
-            str(ca),
-            "--controller",
-            controller,
-            *args,
-        ]
-        self.ready_file = workdir / f"{name}-ready.json"
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.addresses: dict[str, str] = {}
-
-    def start(self, timeout: float = 20.0) -> RelayProcess:
-        """Start and wait until it serves; raises RuntimeError if it dies or times out."""
-        self.ready_file.unlink(missing_ok=True)
-        cmd = [*self.cmd, "--ready-file", str(self.ready_file)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=self.workdir)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"relay exited {self.proc.returncode}:\n{self.log()}")
-            if self.ready_file.exists():
-                self.addresses = json.loads(self.ready_file.read_text())
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"relay not ready after {timeout}s:\n{self.log()}")
+        super().__init__(
+            name,
+            [
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--debug-listen",
+                "127.0.0.1:0",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--ca",
+                str(ca),
+                "--controller",
+                controller,
+                *args,
+            ],
+            workdir,
+        )
 
     @property
     def quic(self) -> tuple[str, int]:
         """(host, port) of the QUIC listener."""
         host, _, port = self.addresses["quic"].rpartition(":")
         return host, int(port)
-
-    def log(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after ``timeout``); return the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class _Rx:
