@@ -5,7 +5,13 @@ nothing more: HELLO -> HELLO_ACK (URI checked), REGISTER -> REGISTER_ACK
 (silence for names in ``refuse``), PING -> PONG, OPEN_STREAM -> 403 for
 names in ``deny``, 404 for unknown services, else INCOMING_STREAM to the
 provider, 503 when it rejects, and on STREAM_ACCEPT STREAM_READY to both
-control streams and a splice. Credit is granted on receipt (no backpressure).
+control streams and a splice; STREAM_CHECKPOINT is passed to the other end
+of a spliced stream. Credit is granted on receipt (no backpressure).
+
+With ``early=True`` it also does relay.md "Early data": what the consumer
+writes after OPEN_STREAM follows INCOMING_STREAM to the provider at once
+(recorded in ``early``), and a rejected consumer gets STREAM_REJECT + FIN
+and STOP_SENDING, as the relay does.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Leg:
     fin: bool = False
     stream_id: int = 0
     consumer: Leg | None = None  # on a provider leg: who asked
+    early_to: Leg | None = None  # on a consumer leg: the provider leg, before its answer
 
 
 class AgentConn:
@@ -103,6 +110,12 @@ class AgentConn:
             )
         elif ftype == FrameType.PING:
             self.send_control(FrameType.PONG, pb.HelloAck())
+        elif ftype == FrameType.STREAM_CHECKPOINT:
+            cp = decode_message(frame, ftype, pb.StreamCheckpoint)  # type: ignore[arg-type]
+            pair = self.relay.pairs.get(cp.stream_id, ())
+            for other in pair:
+                if other is not self and not other.link.closed:
+                    other.send_control(FrameType.STREAM_CHECKPOINT, cp)
 
     def data(self, qid: int, data: bytes, fin: bool) -> None:
         leg = self.legs.get(qid)
@@ -111,6 +124,8 @@ class AgentConn:
         if leg.first_done:
             if leg.peer is not None:
                 self.relay.forward(leg, data, fin)
+            elif leg.early_to is not None:
+                self.relay.forward_early(leg, data, fin)
             else:
                 leg.buf += data
                 leg.fin = leg.fin or fin
@@ -136,6 +151,7 @@ class FakeRelay:
         *,
         refuse: set[str] | None = None,
         deny: set[str] | None = None,
+        early: bool = False,
     ) -> None:
         self.config = config
         self.refuse = refuse or set()
@@ -147,6 +163,13 @@ class FakeRelay:
         self.registers: list[tuple[str, str]] = []
         self.opened: list[pb.OpenStream] = []
         self.provider_rejects: list[tuple[int, str]] = []
+        self.early_mode = early
+        #: Spliced streams: ORP stream id -> (consumer, provider) connections (checkpoints).
+        self.pairs: dict[int, tuple[AgentConn, AgentConn]] = {}
+        #: Bytes that arrived with OPEN_STREAM (same read), per ORP stream id.
+        self.with_open: dict[int, bytes] = {}
+        #: Early data per ORP stream id: bytes forwarded before the provider answered.
+        self.early: dict[int, bytearray] = {}
 
     async def start(self, port: int = 0) -> int:
         self.server = await serve("127.0.0.1", port, self.config, self._on_link)
@@ -173,6 +196,9 @@ class FakeRelay:
             encode_message(FrameType.STREAM_REJECT, pb.StreamReject(code=code, reason=reason)),
             end_stream=True,
         )
+        if self.early_mode and not leg.fin:
+            with contextlib.suppress(Exception):
+                leg.conn.link.stop_stream(leg.qid, 0)
 
     def open_stream(self, leg: Leg, ftype: int, payload: bytes) -> None:
         if ftype != FrameType.OPEN_STREAM:
@@ -203,7 +229,20 @@ class FakeRelay:
                 ),
             ),
         )
-        del pleg
+        self.with_open[msg.stream_id] = bytes(leg.buf)
+        if self.early_mode:
+            leg.early_to = pleg
+            self.early[msg.stream_id] = bytearray()
+            if leg.buf or leg.fin:
+                data, leg.buf = bytes(leg.buf), bytearray()
+                self.forward_early(leg, data, leg.fin)
+
+    def forward_early(self, leg: Leg, data: bytes, fin: bool) -> None:
+        pleg = leg.early_to
+        assert pleg is not None
+        self.early[leg.stream_id] += data
+        with contextlib.suppress(Exception):
+            pleg.conn.link.send(pleg.qid, data, end_stream=fin)
 
     def provider_answer(self, pleg: Leg, ftype: int, payload: bytes) -> None:
         cleg = pleg.consumer
@@ -213,14 +252,19 @@ class FakeRelay:
             rej.ParseFromString(payload)
             self.provider_rejects.append((rej.code, rej.reason))
         if ftype != FrameType.STREAM_ACCEPT:
+            cleg.early_to = None
             self.reject(cleg, 503, "provider rejected")
             with contextlib.suppress(Exception):
                 pleg.conn.link.send(pleg.qid, b"", end_stream=True)
             return
+        cleg.early_to = None
         ready = pb.StreamReady(stream_id=cleg.stream_id)
         cleg.conn.send_control(FrameType.STREAM_READY, ready)
         pleg.conn.send_control(FrameType.STREAM_READY, ready)
         cleg.peer, pleg.peer = pleg, cleg
+        self.pairs[cleg.stream_id] = (cleg.conn, pleg.conn)
+        if self.early_mode:
+            cleg.fin = False  # its FIN, if any, went out as early data
         for leg in (cleg, pleg):
             if leg.buf or leg.fin:
                 data, leg.buf = bytes(leg.buf), bytearray()

@@ -14,6 +14,12 @@ the error cannot be passed on as a half-close. A TCP socket is aborted with
 ``SO_LINGER`` 0, so its peer gets a reset (RST) rather than an EOF that would
 pass a truncated transfer off as complete. When both directions are done
 both writers are closed.
+
+A relay stream opened with early data may turn out to be refused
+(:class:`~outrelay.agent.errors.OpenError`: STREAM_REJECT, or closed without
+an answer) after the bridge started. The other side then never got a byte,
+so it is closed cleanly, as a refused open always closed it, and the
+``OpenError`` is raised for the caller to report.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import socket
 import struct
 
+from outrelay.agent.errors import OpenError
 from outrelay.observe import kv
 
 log = logging.getLogger("outrelay.agent")
@@ -59,9 +66,14 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
     Returns (bytes a->b, bytes b->a); a failed direction counts what it
     copied before failing. Never raises for I/O errors (they are logged at
     debug level); cancellation aborts both sides.
+
+    Raises:
+        OpenError: a relay stream was refused before it opened (early data);
+            both sides were closed, not reset.
     """
     (ar, aw), (br, bw) = a, b
     counts = [0, 0]
+    refused: BaseException | None = None
 
     async def run(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counts[index] = await pipe(reader, writer)
@@ -73,6 +85,14 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
         pending = tasks
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            refused = next((e for e in _errors(done) if isinstance(e, OpenError)), None)
+            if refused is not None:
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    await asyncio.wait(pending)
+                _errors(pending)
+                break
             if any(not t.cancelled() and t.exception() is not None for t in done):
                 for t in done:
                     if not t.cancelled() and t.exception() is not None:
@@ -95,7 +115,14 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
         for writer in (aw, bw):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+    if refused is not None:
+        raise refused
     return counts[0], counts[1]
+
+
+def _errors(tasks: set[asyncio.Task[None]]) -> list[BaseException]:
+    """The exceptions of finished ``tasks`` (retrieved, so none is reported as lost)."""
+    return [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)

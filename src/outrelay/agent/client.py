@@ -278,7 +278,12 @@ class Agent:
     # -- consumer ---------------------------------------------------------
 
     async def open_connection(
-        self, service: str, *, method: str = "", timeout: float | None = None
+        self,
+        service: str,
+        *,
+        method: str = "",
+        timeout: float | None = None,
+        early_data: bool = False,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open a stream to ``service`` through the relay.
 
@@ -289,10 +294,23 @@ class Agent:
         no STREAM_READY). ``writer.get_extra_info("stream_id")`` gives the
         ORP stream id.
 
+        ``early_data=True`` skips the wait for the answer: it returns as soon
+        as OPEN_STREAM is queued, and what the application writes next goes
+        out at once (a write in the same event-loop iteration shares the
+        frame's packet), reaching the provider before it has accepted. This
+        saves a relay round trip per connection. A reject then surfaces on
+        the stream: the next ``read`` or ``drain`` raises
+        :class:`StreamRejected` (a ``ConnectionError``), and bytes written
+        before it are lost with the stream (the provider never served them).
+        Use it when the first bytes are safe to send to a stream that may be
+        refused (a request the caller would retry or report anyway).
+
         Raises:
             StreamRejected: the relay rejected the stream (``.code``, ``.reason``:
                 403 policy, 404 unknown service, 503 provider refused, ...).
-            StreamFailed: the relay closed the stream without an answer.
+                With ``early_data``, raised by the stream instead.
+            StreamFailed: the relay closed the stream without an answer (with
+                ``early_data``: raised by the stream).
             NotConnected: no session (not started, or none within ``timeout``).
         """
         wait = self.config.ready_timeout if timeout is None else timeout
@@ -300,7 +318,7 @@ class Agent:
         session = self._session
         if session is None:
             raise NotConnected("agent: relay session lost")
-        return await session.open(service, method=method)
+        return await session.open(service, method=method, early_data=early_data)
 
     # -- provider ---------------------------------------------------------
 
@@ -384,8 +402,12 @@ class Agent:
 
     # -- resume (StreamOwner, called by the session) -----------------------
 
-    def stream_established(self, transport: RelayStreamTransport) -> None:
-        """A stream carries application bytes: give it positions and a ring."""
+    def stream_started(self, transport: RelayStreamTransport) -> None:
+        """A stream is about to carry application bytes: give it positions and a ring.
+
+        A consumer stream starts at its OPEN_STREAM, so early data is in
+        SentPos and the ring; it can resume only once established.
+        """
         cfg = self.config
         stream_id = transport.get_extra_info("stream_id") or 0
         if cfg.resume_window <= 0 or not stream_id:
@@ -394,7 +416,7 @@ class Agent:
         if other is not None:
             # Both ends of the stream are in this agent: the relay cannot pair
             # two halves from one agent, so neither end can resume.
-            other.state = None
+            other.stop_resuming()
             del self._resumable[stream_id]
             self._ring_forget(other)
             return
@@ -409,6 +431,11 @@ class Agent:
         transport.on_resumed = self._stream_resumed
         transport.on_finished = self._stream_finished
         self._ring_update(transport)
+
+    def stream_established(self, transport: RelayStreamTransport) -> None:
+        """The stream is open end to end: checkpoint what flowed before (early data)."""
+        if transport.state is not None and transport.state.sent + transport.state.recv:
+            self._want_checkpoint()
 
     def checkpoint_received(self, event: ev.CheckpointReceived) -> None:
         """The peer's STREAM_CHECKPOINT: free our ring below its position."""
@@ -430,6 +457,8 @@ class Agent:
             state, session = transport.state, transport.session
             if state is None or session is None or not transport.live:
                 continue
+            if not transport.established:
+                continue  # early data: no checkpoint before the relay answered
             positions = state.checkpoint()
             if positions is not None:
                 session.send_checkpoint(stream_id, *positions)

@@ -28,8 +28,11 @@ the stream carries application bytes. Inbound bytes are therefore held
 * ``ready_timeout`` without any of those          -> opened, cause ``timeout``
   (inter-relay paths send no STREAM_READY).
 
-Outbound bytes need no wait: the relay leaves what follows OPEN_STREAM in
-the stream until the splice starts, and drops it on a reject.
+Outbound bytes need no wait (early data, relay.md "Early data"): the relay
+forwards what follows OPEN_STREAM to the provider right after
+INCOMING_STREAM, before the provider answers, and drops it on a reject (the
+consumer still reads exactly one STREAM_REJECT, then EOF). Inbound bytes
+are classified as above whether or not we wrote early.
 
 Provider data stream (the relay opened it): the first frame must be
 INCOMING_STREAM; bytes after it are application bytes (the consumer may
@@ -174,6 +177,11 @@ class AgentProtocol:
         """The phase of data stream ``qid`` (``None``: unknown or forgotten)."""
         data = self._streams.get(qid)
         return None if data is None else data.phase
+
+    def role(self, qid: int) -> Role | None:
+        """Which side of data stream ``qid`` we are (``None``: unknown or forgotten)."""
+        data = self._streams.get(qid)
+        return None if data is None else data.role
 
     def stream_id(self, qid: int) -> int:
         """The ORP stream id of data stream ``qid`` (raises KeyError if unknown)."""

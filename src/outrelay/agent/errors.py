@@ -15,8 +15,13 @@ class AgentError(OutRelayError):
     """Base class of the agent's errors."""
 
 
-class OpenError(AgentError):
-    """``open_connection`` did not get a usable stream."""
+class OpenError(AgentError, ConnectionError):
+    """``open_connection`` did not get a usable stream.
+
+    A ``ConnectionError``: on the early-data path (``open_connection(...,
+    early_data=True)``) it is raised by the stream's next read or ``drain``,
+    where code handling connection errors expects one.
+    """
 
 
 class StreamRejected(OpenError):

@@ -70,7 +70,10 @@ class ConsumerListener:
         _local_conns.inc()
         name = self.mapping.name
         try:
-            remote = await self.agent.open_connection(name)
+            # Early data: the local client's bytes follow OPEN_STREAM at once
+            # (same packet when they are already here); a reject ends the bridge.
+            remote = await self.agent.open_connection(name, early_data=True)
+            await bridge((reader, writer), remote)
         except StreamRejected as exc:
             log.warning(
                 f"agent: stream to {name} rejected: {exc.code} {exc.reason}",
@@ -85,7 +88,6 @@ class ConsumerListener:
         except BaseException:
             await _close(writer)
             raise
-        await bridge((reader, writer), remote)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

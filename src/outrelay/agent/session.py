@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from outrelay.agent import events as ev
-from outrelay.agent.core import AgentProtocol
+from outrelay.agent.core import AgentProtocol, Phase, Role
 from outrelay.agent.errors import (
     HandshakeFailed,
     NotConnected,
@@ -67,8 +67,14 @@ PROBE_TIMEOUT = 2.5
 class StreamOwner(Protocol):
     """Who keeps streams alive across sessions (the :class:`outrelay.Agent`)."""
 
+    def stream_started(self, transport: RelayStreamTransport) -> None:
+        """A stream is about to carry application bytes: give it positions and a ring.
+
+        Called before its first byte (a consumer's early data counts in SentPos).
+        """
+
     def stream_established(self, transport: RelayStreamTransport) -> None:
-        """A stream now carries application bytes: make it resumable."""
+        """The stream is open end to end: a lost relay leg is resumed from now on."""
 
     def checkpoint_received(self, event: ev.CheckpointReceived) -> None:
         """The peer's STREAM_CHECKPOINT arrived."""
@@ -195,9 +201,15 @@ class Session:
         return qid
 
     async def open(
-        self, service: str, *, method: str = ""
+        self, service: str, *, method: str = "", early_data: bool = False
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Open a consumer stream to ``service`` and wait until it is established.
+        """Open a consumer stream to ``service``; wait until it is established.
+
+        With ``early_data`` it does not wait: OPEN_STREAM is queued (it
+        leaves with the first write of this loop iteration, see
+        :meth:`RelayStreamTransport.send_head`) and the relay's answer comes
+        later; a reject or a stream that ends without an answer makes the
+        next read or ``drain`` raise StreamRejected / StreamFailed.
 
         Raises:
             StreamRejected: the relay answered with STREAM_REJECT (code, reason).
@@ -215,12 +227,18 @@ class Session:
         )
         reader, writer = open_stream_pair(transport)
         self._streams[qid] = transport
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._openers[qid] = fut
         frame = self.proto.open_stream(qid, service, self._loop.time(), method=method)
         transport.set_extra("stream_id", self.proto.stream_id(qid))
-        self.send(qid, frame)
+        if self._owner is not None:
+            self._owner.stream_started(transport)
         self._rearm()
+        if early_data:
+            transport.send_head(frame)
+            _opened.inc()
+            return reader, writer
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._openers[qid] = fut
+        self.send(qid, frame)
         try:
             await fut
         except BaseException:
@@ -236,6 +254,8 @@ class Session:
         self.send(qid, self.proto.accept_stream(qid))
         transport = self._streams.get(qid)
         if transport is not None:
+            if self._owner is not None:
+                self._owner.stream_started(transport)
             self._established(transport)
 
     def resume(self, transport: RelayStreamTransport) -> None:
@@ -278,10 +298,18 @@ class Session:
     # -- used by RelayStreamTransport ------------------------------------
 
     def send(self, qid: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue bytes on a stream; a closed stream or connection drops them."""
+        """Queue bytes on a stream; a closed stream or connection drops them.
+
+        A consumer stream still waiting for the relay's answer stays open when
+        its sending side is gone (the relay stops reading a stream it
+        rejects, maybe before the reject frame reaches us): early bytes are
+        dropped and the answer decides.
+        """
         try:
             self.link.send(qid, data, end_stream)
         except TransportError as exc:
+            if self._answer_pending(qid):
+                return
             transport = self._streams.get(qid)
             if transport is not None:
                 transport.lost(ConnectionResetError(f"relay stream closed: {exc}"))
@@ -353,7 +381,7 @@ class Session:
                     return
             # A relay rejecting OPEN_STREAM may stop reading before the reject
             # frame arrives: keep reading until the answer (or FIN) comes.
-            if transport is not None and event.stream_id not in self._openers:
+            if transport is not None and not self._answer_pending(event.stream_id):
                 transport.lost(ConnectionResetError("relay stopped reading the stream"))
         elif kind is ConnectionClosed:
             assert isinstance(event, ConnectionClosed)
@@ -385,6 +413,10 @@ class Session:
             self._ping_at = now
             self.send(self.control_qid, self.proto.ping())
         self._probe = self._loop.call_later(PROBE_IDLE / 2, self._on_probe)
+
+    def _answer_pending(self, qid: int) -> bool:
+        """True while consumer stream ``qid`` waits for the relay's answer (OPENING)."""
+        return self.proto.phase(qid) is Phase.OPENING
 
     def _registers_pending(self) -> bool:
         # The relay reads nothing more on the control stream while a REGISTER
@@ -487,9 +519,10 @@ class Session:
                 self.link.release(event.qid)
 
     def _stream_aborted(self, event: ev.StreamAborted) -> None:
+        failed = StreamFailed(f"agent: stream failed: {event.reason}")
         fut = self._openers.get(event.qid)
         if fut is not None and not fut.done():
-            fut.set_exception(StreamFailed(f"agent: stream failed: {event.reason}"))
+            fut.set_exception(failed)
         transport = self._streams.get(event.qid)
         if (
             transport is not None
@@ -501,6 +534,8 @@ class Session:
         if transport is not None:
             if transport.established and transport.state is not None:
                 transport.lost(StreamLost(event.reason))
+            elif not transport.established and self.proto.role(event.qid) is Role.CONSUMER:
+                transport.lost(failed)  # no answer to OPEN_STREAM (early-data path)
             else:
                 transport.lost(ConnectionResetError(event.reason))
         else:
@@ -573,6 +608,10 @@ class Session:
                 opener.set_exception(error)
         now = self._loop.time()
         for transport in list(self._streams.values()):
+            if self._answer_pending(transport.qid):  # an early-data open: no answer will come
+                why = f"agent: relay session lost before the answer: {reason}"
+                transport.lost(StreamFailed(why))
+                continue
             # Established streams wait to be resumed on the next session.
             transport.detach(now, f"relay session lost: {reason}")
         self._streams.clear()

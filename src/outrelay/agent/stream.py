@@ -18,6 +18,13 @@ Backpressure both ways, with asyncio's own hooks:
   twice its limit, and from then on nothing more is granted, so the relay
   can send at most one receive window more until the application reads.
 
+Early data: a consumer stream opened with ``early_data`` holds its
+OPEN_STREAM frame as the *head* (:meth:`send_head`): it is queued just
+before the first write, FIN or close of the same event-loop iteration, or
+alone at the end of it, so a request written right after the open leaves in
+the same flush as the frame. Writes before the relay's answer go out at
+once, under the same backpressure.
+
 Half-close: ``write_eof`` sends FIN; the peer's FIN feeds EOF to the reader.
 The protocol's ``connection_lost`` runs once both sides finished, on
 ``close``/``abort``, or when the session dies.
@@ -82,6 +89,7 @@ class RelayStreamTransport(asyncio.Transport):
         self._closing = False
         self._finished = False
         self._close_pending = False  # closed while detached: FIN once resumed
+        self._head: bytes | None = None  # OPEN_STREAM still to be queued (early data)
         self._sent = 0
         self._received = 0
         #: Positions, ring and resume phase (``None``: the stream cannot resume).
@@ -134,6 +142,21 @@ class RelayStreamTransport(asyncio.Transport):
         self.state = state
         return True
 
+    def stop_resuming(self) -> None:
+        """Drop the positions and the ring (the stream can no longer resume); counts stay."""
+        state, self.state = self.state, None
+        if state is not None:
+            self._sent, self._received = state.sent, state.recv
+
+    def send_head(self, frame: bytes) -> None:
+        """Queue ``frame`` first on the stream: with the first write of this iteration, or alone.
+
+        The consumer's OPEN_STREAM on the early-data path: a write made right
+        after the open goes out in the same flush (one packet, not two).
+        """
+        self._head = frame
+        asyncio.get_running_loop().call_soon(self._flush_head)
+
     # -- asyncio.BaseTransport -------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -156,6 +179,7 @@ class RelayStreamTransport(asyncio.Transport):
             self._eof_sent = True
             self._close_pending = True
             return
+        self._flush_head()
         session = self._session
         if session is not None:
             if not self._eof_sent:
@@ -220,6 +244,7 @@ class RelayStreamTransport(asyncio.Transport):
                 self.on_flow()
         if self.live:
             assert self._session is not None
+            self._flush_head()
             self._session.send(self.qid, chunk)
         self._check_pause()
 
@@ -233,6 +258,7 @@ class RelayStreamTransport(asyncio.Transport):
         self._eof_sent = True
         if self.live:
             assert self._session is not None
+            self._flush_head()
             self._session.send(self.qid, b"", end_stream=True)
         if self._eof_received and (self.live or self.state is None):
             self._finish(None)
@@ -388,6 +414,11 @@ class RelayStreamTransport(asyncio.Transport):
 
     # -- internals --------------------------------------------------------
 
+    def _flush_head(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and self._session is not None and not self._finished:
+            self._session.send(self.qid, head)
+
     def _buffered(self) -> int:
         if self._finished:
             return 0
@@ -409,6 +440,7 @@ class RelayStreamTransport(asyncio.Transport):
             return
         self._finished = True
         self.error = exc
+        self._head = None
         if self.state is not None and self.state.phase is not ResumePhase.CLOSED:
             self.state.fail()
         session, self._session = self._session, None

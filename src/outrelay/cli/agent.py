@@ -128,8 +128,9 @@ def agent(
     Exposed services are registered with the relay and each incoming stream
     is bridged to its local backend (404 for an unknown service, 502 when the
     backend refuses). Each connection accepted on a --consume listener is
-    opened as a stream to the named service; a rejected stream closes the
-    local connection. The session is re-established with backoff (0, 1, 2,
+    opened as a stream to the named service and its bytes follow the open at
+    once (early data, no wait for the relay's answer); a rejected stream
+    closes the local connection. The session is re-established with backoff (0, 1, 2,
     4 ... 30 s), the registrations replayed and live streams resumed (their
     applications see a pause; a stream that cannot resume within
     --resume-window is reset).
