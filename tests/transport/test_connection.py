@@ -16,7 +16,7 @@ from outrelay.transport import (
 )
 
 from .conftest import PKI
-from .pair import Pair
+from .pair import CLIENT_ADDR, SERVER_ADDR, Pair
 
 pytestmark = pytest.mark.dataplane
 
@@ -141,6 +141,57 @@ def test_connection_window_bounds_all_streams(pki: PKI) -> None:
     for sid in sids:
         pair.server.grant(sid, pair.server.unconsumed(sid))
     pair.run(lambda: sum(_received(pair.server_events, s) for s in sids) == 3 * MiB)
+
+
+def test_credit_is_advertised_when_half_a_window_is_left(pki: PKI) -> None:
+    # Many small grants, few MAX_STREAM_DATA / MAX_DATA frames: the advertised
+    # limit catches up with the grants only once the peer has less than half
+    # a window of credit left, and never exceeds consumed + window.
+    window, conn_window = 64 * 1024, 256 * 1024
+    server_cfg = pki.server_config(stream_window=window, connection_window=conn_window)
+    pair = Pair(pki.client_config(), server_cfg)
+    pair.run(lambda: _verified(pair))
+    sid = pair.client.open_stream()
+    granted = 0
+    stream_limits, data_limits = set(), set()
+    for i in range(1, 41):  # 40 x 4 KiB: 2.5 stream windows
+        pair.client.send(sid, b"c" * 4096)
+        pair.run(lambda i=i: _received(pair.server_events, sid) == i * 4096)
+        granted += pair.server.grant(sid, pair.server.unconsumed(sid))
+        pair.step()  # the server builds a packet: the point where limits move
+        stream_limit, data_limit = pair.server.receive_limits(sid)
+        assert stream_limit is not None
+        assert stream_limit <= granted + window
+        assert data_limit <= granted + conn_window
+        # Credit left to the peer stays at half a window or more.
+        assert 2 * (stream_limit - granted) >= window
+        assert 2 * (data_limit - granted) >= conn_window
+        stream_limits.add(stream_limit)
+        data_limits.add(data_limit)
+    # Each update lands as the peer's data crosses half a window, before the
+    # crossing chunk itself is granted: 4 MAX_STREAM_DATA, 1 MAX_DATA for 40 grants.
+    assert sorted(stream_limits) == [window + k * window // 2 for k in range(5)]
+    assert sorted(data_limits) == [conn_window, conn_window + conn_window // 2]
+
+
+def test_reply_carries_the_ack(pki: PKI) -> None:
+    # A reply sent right away takes the ACK of what it answers with it: no
+    # ACK-only packet follows after aioquic's 1 ms ACK delay.
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    _quiesce(pair, 0.1)
+    sid = pair.client.open_stream()
+    pair.client.send(sid, b"ping")
+    for data, _ in pair.client.datagrams_to_send(pair.now):
+        pair.server.receive_datagram(data, CLIENT_ADDR, pair.now)
+    pair.server.send(sid, b"pong")
+    (reply,) = pair.server.datagrams_to_send(pair.now)
+    pair.client.receive_datagram(reply[0], SERVER_ADDR, pair.now)
+    pair.now += 0.005
+    timer = pair.server.get_timer()
+    if timer is not None and timer <= pair.now:
+        pair.server.handle_timer(pair.now)
+    assert pair.server.datagrams_to_send(pair.now) == []
 
 
 def test_send_capacity_reports_acknowledged_bytes(pki: PKI) -> None:

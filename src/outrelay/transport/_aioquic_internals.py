@@ -16,11 +16,22 @@ aioquic has no public API for three things OutRelay needs (see
    whether or not anything was consumed. We keep aioquic's frame writing
    (and its retransmission of lost MAX_* frames) but hide the doubling
    heuristic's input for the duration of the call, and move the limits
-   ourselves in :meth:`FlowControlledConnection.grant`: the window stays
-   fixed and slides only as the application reports bytes consumed.
+   ourselves: :meth:`FlowControlledConnection.grant` records what the
+   application consumed, and the advertised limit catches up with it once
+   the peer has less than half a window of credit left (checked as each
+   packet is built), so a stream of small grants does not put a MAX_DATA /
+   MAX_STREAM_DATA frame, and an ack-eliciting packet, on the wire each time.
+   The window stays fixed: the advertised limit never exceeds consumed +
+   window.
 3. **Send-buffer occupancy.** ``send_stream_data`` appends to the stream
    sender's ``bytearray`` without limit; :meth:`send_buffered` reads how
    much of it is still unacknowledged so the caller can stop feeding it.
+4. **Piggybacked ACKs.** aioquic delays every ACK by ``K_GRANULARITY``
+   (1 ms) and writes it only once that time has passed, so a reply sent
+   sooner travels without it and an ACK-only packet follows by timer.
+   :meth:`FlowControlledConnection.datagrams_to_send_with_ack` moves the
+   pending ACK of the 1-RTT space (``_spaces``, ``QuicPacketSpace.ack_at``)
+   to now when the application has data going out anyway.
 
 :func:`check_internals` asserts that all of this is still where we expect it
 on the installed aioquic; ``tests/transport/test_aioquic_internals.py`` runs
@@ -34,6 +45,7 @@ from typing import Any
 
 import aioquic
 from aioquic import tls
+from aioquic.quic import recovery as quic_recovery
 from aioquic.quic import stream as quic_stream
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -58,6 +70,12 @@ class FlowControlledConnection(QuicConnection):
         **kwargs: Any,
     ) -> None:
         self._outrelay_request_client_cert = request_client_certificate
+        self._outrelay_stream_window = configuration.max_stream_data
+        self._outrelay_data_window = configuration.max_data
+        #: MAX_DATA the application's grants allow (advertised lazily).
+        self._outrelay_max_data = configuration.max_data
+        #: stream id -> MAX_STREAM_DATA the grants allow, where not advertised yet.
+        self._outrelay_stream_limits: dict[int, int] = {}
         super().__init__(configuration=configuration, **kwargs)
 
     # -- mTLS -----------------------------------------------------------
@@ -86,9 +104,25 @@ class FlowControlledConnection(QuicConnection):
     # -- receive credit -------------------------------------------------
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        # aioquic calls this for every stream in every packet it builds, so the
+        # common case (nothing to say) is one comparison.
+        pending = self._outrelay_stream_limits
+        if pending:
+            target = pending.get(stream.stream_id)
+            if target is not None:
+                receiver = stream.receiver
+                if receiver.is_finished:
+                    del pending[stream.stream_id]  # nothing more will arrive
+                elif (
+                    stream.max_stream_data_local - receiver.highest_offset
+                ) * 2 < self._outrelay_stream_window:
+                    stream.max_stream_data_local = target
+                    del pending[stream.stream_id]
+        if stream.max_stream_data_local_sent == stream.max_stream_data_local:
+            return
         # The base doubles the limit when ``receiver.highest_offset * 2`` exceeds
         # it; with the offset hidden it only (re)sends MAX_STREAM_DATA when our
-        # granted value differs from the one last sent.
+        # advertised value differs from the one last sent.
         receiver = stream.receiver
         seen = receiver.highest_offset
         receiver.highest_offset = 0
@@ -98,9 +132,14 @@ class FlowControlledConnection(QuicConnection):
             receiver.highest_offset = seen
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
-        # Same for MAX_DATA: the doubling reads ``_local_max_data.used``.
         limit = self._local_max_data
         used = limit.used
+        if (
+            self._outrelay_max_data != limit.value
+            and (limit.value - used) * 2 < self._outrelay_data_window
+        ):
+            limit.value = self._outrelay_max_data
+        # Same as above for MAX_DATA: the doubling reads ``_local_max_data.used``.
         limit.used = 0
         try:
             super()._write_connection_limits(builder, space)
@@ -110,16 +149,42 @@ class FlowControlledConnection(QuicConnection):
     def grant(self, stream_id: int, stream_bytes: int, connection_bytes: int) -> None:
         """Slide the stream window by ``stream_bytes``, the connection's by ``connection_bytes``.
 
-        The new limits go out in MAX_STREAM_DATA / MAX_DATA frames with the
-        next ``datagrams_to_send``. A stream aioquic already discarded is
-        skipped (only the connection window moves).
+        The peer learns of it (MAX_STREAM_DATA / MAX_DATA) in the next packet
+        built once it has less than half a window of credit left on that
+        stream, resp. connection: it is never held below half a window while
+        there is consumed data to grant, and never given more than consumed +
+        window. A stream aioquic already discarded, or one whose data has all
+        arrived, is skipped (only the connection window moves).
         """
         if connection_bytes > 0:
-            self._local_max_data.value += connection_bytes
+            self._outrelay_max_data += connection_bytes
         if stream_bytes > 0:
             stream = self._streams.get(stream_id)
             if stream is not None and not stream.receiver.is_finished:
-                stream.max_stream_data_local += stream_bytes
+                pending = self._outrelay_stream_limits
+                pending[stream_id] = (
+                    pending.get(stream_id, stream.max_stream_data_local) + stream_bytes
+                )
+
+    def datagrams_to_send_with_ack(self, now: float) -> list[tuple[bytes, Any]]:
+        """``datagrams_to_send``, with a pending 1-RTT ACK written now, not after its delay.
+
+        For when a packet goes out anyway (stream data): the ACK rides along
+        and no ACK-only packet follows 1 ms later. Acknowledging early is
+        always allowed (the delay is an upper bound). If no packet could be
+        built (pacing), the ACK keeps its original deadline.
+        """
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        due = None if space is None else space.ack_at
+        if due is None or due <= now:
+            return self.datagrams_to_send(now)
+        assert space is not None
+        space.ack_at = now
+        try:
+            return self.datagrams_to_send(now)
+        finally:
+            if space.ack_at == now:  # not written
+                space.ack_at = due
 
     def received_offset(self, stream_id: int) -> int | None:
         """Highest offset the peer reached on a stream (its final size after a reset)."""
@@ -127,7 +192,10 @@ class FlowControlledConnection(QuicConnection):
         return None if stream is None else stream.receiver.highest_offset
 
     def receive_limits(self, stream_id: int) -> tuple[int | None, int]:
-        """(MAX_STREAM_DATA we allow on ``stream_id`` or ``None``, MAX_DATA we allow)."""
+        """(MAX_STREAM_DATA advertised on ``stream_id`` or ``None``, MAX_DATA advertised).
+
+        Grants show here once they were advertised (see :meth:`grant`).
+        """
         stream = self._streams.get(stream_id)
         per_stream = None if stream is None else stream.max_stream_data_local
         return per_stream, self._local_max_data.value
@@ -168,6 +236,7 @@ _ATTRIBUTES: list[tuple[str, str]] = [
     ("QuicStreamReceiver()", "is_finished"),
     ("QuicStream()", "max_stream_data_local"),
     ("QuicStream()", "max_stream_data_local_sent"),
+    ("QuicPacketSpace()", "ack_at"),
 ]
 
 #: (method, parameter names after self) we override or call.
@@ -194,6 +263,10 @@ _SOURCE_FRAGMENTS: list[tuple[str, str]] = [
     ("__init__", "self._local_max_stream_data_bidi_remote = configuration.max_stream_data"),
     ("_handle_stream_frame", "offset + length > stream.max_stream_data_local"),
     ("_handle_stream_frame", "self._local_max_data.used + newly_received"),
+    ("_write_application", "for stream in self._streams.values(): self._write_stream_limits("),
+    ("_write_application", "space.ack_at is not None and space.ack_at <= now"),
+    ("receive_datagram", "space.ack_at = now + self._ack_delay"),
+    ("_write_application", "self._write_connection_limits(builder=builder, space=space)"),
 ]
 
 
@@ -214,6 +287,7 @@ def check_internals() -> None:
         "QuicStreamSender()": quic_stream.QuicStreamSender(stream_id=0, writable=True),
         "QuicStreamReceiver()": quic_stream.QuicStreamReceiver(stream_id=0, readable=True),
         "QuicStream()": quic_stream.QuicStream(stream_id=0),
+        "QuicPacketSpace()": quic_recovery.QuicPacketSpace(),
     }
     for owner, name in _ATTRIBUTES:
         if not hasattr(samples[owner], name):
@@ -234,7 +308,7 @@ def check_internals() -> None:
             continue
         if fragment not in " ".join(source.split()):
             problems.append(f"QuicConnection.{name} no longer contains {fragment!r}")
-    for name in ("_local_max_data", "_streams", "_handshake_confirmed"):
+    for name in ("_local_max_data", "_streams", "_handshake_confirmed", "_spaces"):
         if name not in inspect.getsource(QuicConnection.__init__):
             problems.append(f"QuicConnection.__init__ no longer sets {name}")
     if problems:

@@ -105,6 +105,7 @@ class OrpConnection:
         self._tx: dict[int, int] = {}  # stream id -> buffered bytes at the last report
         self._last_rx: float | None = None
         self._ping_uid = 0
+        self._data_queued = False  # stream data or FIN queued since the last datagrams_to_send
 
     # -- sans-IO driving --------------------------------------------------
 
@@ -149,7 +150,14 @@ class OrpConnection:
             self._pump()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """Datagrams to put on the wire now."""
+        """Datagrams to put on the wire now.
+
+        When stream data is going out, a pending ACK rides in its packet rather
+        than in an ACK-only packet after aioquic's 1 ms ACK delay.
+        """
+        if self._data_queued:
+            self._data_queued = False
+            return self._quic.datagrams_to_send_with_ack(now)
         return self._quic.datagrams_to_send(now)
 
     def next_event(self) -> ev.Event | None:
@@ -200,6 +208,8 @@ class OrpConnection:
             raise StreamClosedError(f"stream {stream_id}: {exc}") from None
         if data:
             self._tx[stream_id] = self._quic.send_buffered(stream_id)
+        if data or end_stream:
+            self._data_queued = True
 
     def send_buffered(self, stream_id: int) -> int:
         """Bytes queued on ``stream_id`` and not yet acknowledged by the peer."""
@@ -209,7 +219,9 @@ class OrpConnection:
         """Report ``n`` bytes of ``stream_id`` consumed; the peer may send that much more.
 
         Grants beyond what was delivered are clamped; returns the bytes granted.
-        A stream that was reset or :meth:`release`-d needs no grants.
+        A stream that was reset or :meth:`release`-d needs no grants. The peer
+        is told (MAX_STREAM_DATA / MAX_DATA) once it has less than half a
+        window of credit left, not on every grant.
         """
         rx = self._rx.get(stream_id)
         if rx is None or rx.released or n <= 0:

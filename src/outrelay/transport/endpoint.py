@@ -210,7 +210,11 @@ class _Driver:
         self.loop = asyncio.get_running_loop()
         self.transport: UdpTransport | None = None
         self.links: dict[bytes, Link] = {}
-        self._dirty: set[Link] = set()
+        #: Links with output to flush, in the order they were marked: a link the
+        #: application wrote to during a burst comes before the link whose
+        #: datagram caused it (marked after its events), so forwarded data
+        #: leaves before that link's ACK bookkeeping runs.
+        self._dirty: dict[Link, None] = {}
         self._flush_scheduled = False
         self._in_burst = False  # reading datagrams: burst_done flushes
         self._lost: asyncio.Future[None] = self.loop.create_future()
@@ -220,7 +224,7 @@ class _Driver:
             self._lost.set_result(None)
 
     def mark(self, link: Link) -> None:
-        self._dirty.add(link)
+        self._dirty[link] = None
         if not self._flush_scheduled and not self._in_burst:
             self._flush_scheduled = True
             self.loop.call_soon(self._scheduled_flush)
@@ -241,7 +245,7 @@ class _Driver:
         self._in_burst = False
         if not self._dirty:
             return
-        dirty, self._dirty = self._dirty, set()
+        dirty, self._dirty = self._dirty, {}
         transport = self.transport
         alive = transport is not None and not transport.is_closing()
         now = self.loop.time()
