@@ -137,6 +137,8 @@ class World:
                 self._server_streams[action.conn] += 4
                 self.opened[action.conn].append(sid)
                 self.sent[(action.conn, sid)] += action.data
+                if action.fin:
+                    self.fin.add((action.conn, sid))
                 self.apply(self.core.stream_opened(action.token, sid))
             elif isinstance(action, StartSplice):
                 self.splices.append(action)

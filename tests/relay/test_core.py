@@ -5,6 +5,7 @@ from __future__ import annotations
 from outrelay.orp import HEADER_SIZE, FrameType, decode_header, encode_frame
 from outrelay.policy import P2PMode, PolicyEngine, Rule, Verdict
 from outrelay.proto import orp_pb2, registry_pb2
+from outrelay.relay.actions import Grant, OpenStream
 from outrelay.relay.errors import ControllerError
 
 from .harness import RELAY_ID, World, agent_uri, frame
@@ -246,6 +247,23 @@ def test_open_stream_splices_with_stream_ready() -> None:
     assert w.core.pairs.get(0xFEED) is None
     assert w.metrics.gauge("stream_active").value == 0
     assert w.core.flows == 0
+
+
+def test_early_data_rides_with_incoming_stream() -> None:
+    w = World()
+    pconn, _ = w.provider("svc-echo")
+    cconn, _ = w.agent()
+    msg = orp_pb2.OpenStream(target_service="svc-echo", stream_id=7)
+    actions = w.core.stream_data(cconn, 4, frame(FrameType.OPEN_STREAM, msg) + b"Ex", fin=True)
+    (open_,) = actions
+    assert isinstance(open_, OpenStream)
+    # one send for INCOMING_STREAM, the early bytes and the consumer's FIN
+    assert open_.data.endswith(b"Ex") and open_.fin
+    assert w.core.stream_opened(open_.token, 1) == []  # nothing left to forward
+    assert w.metrics.counter("bytes_forwarded").value == 2
+    # acknowledgements past INCOMING_STREAM grant the early bytes back
+    (grant,) = w.core.stream_drained(pconn, 1, len(open_.data))
+    assert isinstance(grant, Grant) and (grant.conn, grant.stream, grant.n) == (cconn, 4, 2)
 
 
 def test_unknown_service_404() -> None:

@@ -105,8 +105,11 @@ class OpenStream(Action):
     token: int
     #: Connection number of the provider.
     conn: int
-    #: First bytes to send (the INCOMING_STREAM frame).
+    #: First bytes to send: the INCOMING_STREAM frame, then any early data the
+    #: consumer already sent (one send, so they share a packet).
     data: bytes
+    #: Finish our sending side after ``data`` (the consumer's FIN, as early data).
+    fin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,9 @@ The agent path (relay.md §3-§7, §11, §12):
    STREAM_READY on both control streams -> splice.
 
    Early data: bytes the consumer sends after OPEN_STREAM are kept,
-   ungranted, until INCOMING_STREAM is written, then forwarded to the
-   provider at once (``Send``), before its answer. They stay ungranted until
+   ungranted, until INCOMING_STREAM is written: those already in go out
+   behind it in the same ``OpenStream`` (one send), later ones are forwarded
+   at once (``Send``), before the provider's answer. They stay ungranted until
    the provider acknowledges them (``stream_drained``; the splice takes over
    the count), so the stream window bounds them as in a splice. Bytes the
    provider sends after STREAM_ACCEPT are kept and handed to the splice.
@@ -77,7 +78,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from outrelay.identity import Identity, IdentityError, Role, parse
-from outrelay.observe import REGISTRY, Registry, kv
+from outrelay.observe import REGISTRY, Counter, Registry, kv
 from outrelay.orp import (
     HEADER_SIZE,
     Frame,
@@ -164,20 +165,30 @@ class _Opening:
 
         Raises OrpError for a bad header or a frame over MAX_OPENING_FRAME.
         """
-        self.buf += data
         self.fed += len(data)
-        if len(self.buf) < HEADER_SIZE:
+        # Usual case: the whole frame comes in one chunk; cut it straight out
+        # of ``data`` instead of copying through the buffer.
+        buf: bytes | bytearray = data
+        if self.buf:
+            self.buf += data
+            buf = self.buf
+        if len(buf) < HEADER_SIZE:
+            if buf is data:
+                self.buf += data
             return None
-        _, ftype, flags, length = decode_header(self.buf)
+        _, ftype, flags, length = decode_header(buf)
         if length > MAX_OPENING_FRAME:
             raise OrpError(f"relay: opening frame of {length} bytes is too large")
         end = HEADER_SIZE + length
-        if len(self.buf) < end:
+        if len(buf) < end:
+            if buf is data:
+                self.buf += data
             return None
-        frame = Frame(ftype, bytes(self.buf[HEADER_SIZE:end]), flags)
-        rest = bytes(self.buf[end:])
+        frame = Frame(ftype, bytes(buf[HEADER_SIZE:end]), flags)
+        rest = bytes(buf[end:])
         used = self.fed - len(rest)
-        self.buf = bytearray()
+        if buf is not data:
+            self.buf = bytearray()
         return frame, rest, used
 
 
@@ -193,7 +204,7 @@ class _Phase(enum.IntEnum):
     RESUMING = 6  # a STREAM_RESUME / MIGRATE_TO_RELAY half waiting for its partner
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Agent:
     conn: int
     #: first URI SAN of the certificate, as written
@@ -218,7 +229,7 @@ class _Agent:
     services: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Flow:
     id: int
     conn: int
@@ -238,7 +249,8 @@ class _Flow:
     provider_uri: str = ""
     provider_conn: int | None = None
     provider_stream: int | None = None
-    provider_opening: _Opening = field(default_factory=_Opening)
+    #: reads the provider's answer (made when its first bytes come)
+    provider_opening: _Opening | None = None
     provider_fin: bool = False
     #: early data: consumer bytes sent to the provider, not yet granted back
     early: int = 0
@@ -321,6 +333,7 @@ class RelayCore:
         self.m_opens = m.counter("stream_opens")
         self.m_rejects = m.counter("stream_rejects")
         self._m = m
+        self._m_rejects_by_code: dict[int, Counter] = {}
         self.m_duration = m.histogram("stream_open_duration")
         self.m_setup = m.histogram("stream_setup_duration")
         self.m_eval = m.histogram("policy_eval_duration")
@@ -772,7 +785,9 @@ class RelayCore:
         self._streams[(pconn, stream)] = flow
         flow.keys.append((pconn, stream))
         self._agents[pconn].flows.add(flow.id)
-        if not flow.pending and not flow.fin:
+        if flow.early:  # early data that went out with INCOMING_STREAM
+            self.m_forwarded.add(flow.early)
+        if not flow.pending and (flow.early_fin or not flow.fin):
             return []
         # early data: what the consumer sent after OPEN_STREAM goes out now
         data, flow.pending = bytes(flow.pending), bytearray()
@@ -866,6 +881,8 @@ class RelayCore:
         if flow.phase is not _Phase.ANSWER:
             return []
         try:
+            if flow.provider_opening is None:
+                flow.provider_opening = _Opening()
             got = flow.provider_opening.feed(data)
         except OrpError:
             return self._end(flow)
@@ -959,7 +976,14 @@ class RelayCore:
         token = self._token("open", flow.id, chosen.conn)
         data = encode_message(FrameType.INCOMING_STREAM, incoming)
         flow.skip = len(data)
-        return [OpenStream(token, chosen.conn, data)]
+        if flow.pending or flow.fin:
+            # early data so far rides behind INCOMING_STREAM in the same send
+            # (counted in ``stream_opened``, once it went out)
+            flow.early = len(flow.pending)
+            flow.early_fin = flow.fin
+            data += flow.pending
+            flow.pending = bytearray()
+        return [OpenStream(token, chosen.conn, data, flow.fin)]
 
     def _splice(self, flow: _Flow, provider_rest: bytes) -> list[Action]:
         req = flow.request
@@ -1100,11 +1124,17 @@ class RelayCore:
     def _reject(self, flow: _Flow, err: RelayError) -> list[Action]:
         """Answer the consumer with one STREAM_REJECT and end the flow."""
         self.m_rejects.inc()
-        self._m.counter(f"stream_rejects_{err.code}").inc()
-        log.debug(
-            "stream rejected",
-            extra=kv(consumer=flow.consumer_uri, code=err.code, reason=err.reason),
-        )
+        by_code = self._m_rejects_by_code.get(err.code)
+        if by_code is None:
+            by_code = self._m_rejects_by_code[err.code] = self._m.counter(
+                f"stream_rejects_{err.code}"
+            )
+        by_code.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "stream rejected",
+                extra=kv(consumer=flow.consumer_uri, code=err.code, reason=err.reason),
+            )
         actions = self._credit(flow)
         actions.append(Send(flow.conn, flow.stream, reject_frame(err), fin=True))
         if not flow.fin:
@@ -1162,15 +1192,14 @@ class RelayCore:
                 agent.flows.discard(flow.id)
         if flow.half is not None and self.matcher.withdraw(flow.id) is not None:
             self.m_resume_pending.set(len(self.matcher))
+        now = self.clock()
         if flow.pair_id:
             pair = self.pairs.get(flow.pair_id)
             if pair is not None:
                 # a resume of this stream may come within the window: only these
                 # two agents may take part in it (resume.py)
                 tenant = tenant_of(pair.consumer)
-                self.matcher.remember(
-                    tenant, flow.pair_id, pair.consumer, pair.provider, self.clock()
-                )
+                self.matcher.remember(tenant, flow.pair_id, pair.consumer, pair.provider, now)
             self.pairs.forget(flow.pair_id)
         self.m_active.dec()
-        self.m_duration.observe(self.clock() - flow.started)
+        self.m_duration.observe(now - flow.started)

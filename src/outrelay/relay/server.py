@@ -56,7 +56,7 @@ from outrelay.relay.controller_client import ControllerClient, error_of
 from outrelay.relay.core import RelayCore
 from outrelay.relay.errors import TRANSIENT, ControllerError
 from outrelay.relay.policy_watch import SNAPSHOT_END, PolicyWatcher, TenantWatch
-from outrelay.relay.splice import SPLICE_ABORTED, Splice
+from outrelay.relay.splice import SPLICE_ABORTED, Splice, SpliceMeters
 from outrelay.transport import (
     ConnectionClosed,
     Event,
@@ -138,6 +138,7 @@ class Relay:
         self._audit_wake = asyncio.Event()
         self._synced = asyncio.Event()
         self.m_opens_rate = metrics.gauge("stream_opens_per_second")
+        self._splice_meters = SpliceMeters(metrics)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         #: the controller answers (False from the first unreachable failure
@@ -364,6 +365,12 @@ class Relay:
 
     def _apply_one(self, action: Action) -> None:
         kind = type(action)
+        if kind is Send:  # the most common action first
+            assert isinstance(action, Send)
+            link = self._links.get(action.conn)
+            if link is not None:
+                link.send(action.stream, action.data, action.fin)
+            return
         if kind is CallController:
             assert isinstance(action, CallController)
             if not self._stopping:
@@ -380,10 +387,7 @@ class Relay:
         link = self._links.get(action.conn)  # type: ignore[attr-defined]
         if link is None:
             return
-        if kind is Send:
-            assert isinstance(action, Send)
-            link.send(action.stream, action.data, action.fin)
-        elif kind is Grant:
+        if kind is Grant:
             assert isinstance(action, Grant)
             link.grant(action.stream, action.n)
         elif kind is StopReading:
@@ -403,7 +407,7 @@ class Relay:
             if link is None:
                 raise TransportError("provider connection is gone")
             stream = link.open_stream()
-            link.send(stream, action.data)
+            link.send(stream, action.data, action.fin)
         except TransportError as exc:
             log.warning("provider stream open failed", extra=kv(err=str(exc)))
             self._apply(self.core.stream_open_failed(action.token))
@@ -427,12 +431,14 @@ class Relay:
                 if self._spliced.get(key) is splice:
                     del self._spliced[key]
             for c in (a.conn, b.conn):
-                self._conn_splices.get(c, set()).discard(splice)
-                if not self._conn_splices.get(c, True):
-                    del self._conn_splices[c]
+                splices = self._conn_splices.get(c)
+                if splices is not None:
+                    splices.discard(splice)
+                    if not splices:
+                        del self._conn_splices[c]
             self._apply(self.core.splice_ended(action.flow))
 
-        splice = Splice(la, a.stream, lb, b.stream, on_end=ended, metrics=self.metrics)
+        splice = Splice(la, a.stream, lb, b.stream, on_end=ended, meters=self._splice_meters)
         self._spliced[(a.conn, a.stream)] = splice
         self._spliced[(b.conn, b.stream)] = splice
         self._conn_splices.setdefault(a.conn, set()).add(splice)

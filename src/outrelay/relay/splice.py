@@ -56,6 +56,17 @@ class LegIO(Protocol):
     def stop_stream(self, stream_id: int, error_code: int) -> None: ...
 
 
+class SpliceMeters:
+    """The metrics every splice updates, looked up once (not per splice)."""
+
+    __slots__ = ("bytes", "held", "active")
+
+    def __init__(self, metrics: Registry = REGISTRY) -> None:
+        self.bytes = metrics.counter("bytes_forwarded")
+        self.held = metrics.gauge("splice_buffer_bytes")
+        self.active = metrics.gauge("splices_active")
+
+
 class _Direction:
     """One way of a splice: bytes from ``src`` to ``dst``."""
 
@@ -86,15 +97,19 @@ class Splice:
         *,
         on_end: Callable[[Splice], None] = lambda s: None,
         metrics: Registry = REGISTRY,
+        meters: SpliceMeters | None = None,
     ) -> None:
+        """``meters`` (from ``metrics`` when None) saves the lookups per splice."""
         self.a, self.a_stream, self.b, self.b_stream = a, a_stream, b, b_stream
         self.ab = _Direction(a, a_stream, b, b_stream)
         self.ba = _Direction(b, b_stream, a, a_stream)
         self.on_end = on_end
         self.ended = False
-        self.m_bytes = metrics.counter("bytes_forwarded")
-        self.m_held = metrics.gauge("splice_buffer_bytes")
-        self.m_active = metrics.gauge("splices_active")
+        if meters is None:
+            meters = SpliceMeters(metrics)
+        self.m_bytes = meters.bytes
+        self.m_held = meters.held
+        self.m_active = meters.active
         self.m_active.inc()
 
     def _from(self, leg: LegIO, stream: int) -> _Direction:
