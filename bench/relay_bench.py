@@ -30,6 +30,10 @@ Metrics, measured in the client process:
 * stream opens/s, 1 and 32 concurrent clients (each on its own connection):
   open, write the opening + ``E`` + 1 byte + FIN, read the echoed byte and
   FIN: a complete stream life;
+* during the 1-client open loop, datagrams the host sent per open
+  (``/proc/net/snmp``) and CPU per open of the relay, provider and client
+  processes (``/proc/PID/stat``): no target, they show where an open's
+  time goes;
 * relay RSS per idle spliced stream: VmRSS of the relay (forwarder) process
   with 1,000 idle echo streams open, each having echoed one byte, minus
   VmRSS just before, / 1,000. Measured first, on a fresh process.
@@ -304,6 +308,21 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _udp_out() -> int:
+    """Datagrams this host sent so far (``/proc/net/snmp``, every process)."""
+    head, values = [
+        line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+        if line.startswith("Udp:")
+    ][:2]  # fmt: skip
+    return int(values[head.index("OutDatagrams")])
+
+
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -373,10 +392,19 @@ async def client_main(args: argparse.Namespace) -> None:
                 await asyncio.wait_for(one_open(peer), 10)
                 done += 1
 
+        pids = {"relay": args.server_pid, "provider": args.provider_pid, "client": os.getpid()}
+        cpu0 = {name: _cpu_s(pid) for name, pid in pids.items() if pid}
+        udp0 = _udp_out()
         t0 = time.perf_counter()
         end = t0 + args.open_seconds
         await asyncio.gather(*(worker(peers[i % len(peers)], end) for i in range(concurrency)))
         results[f"opens_{concurrency}"] = done / (time.perf_counter() - t0)
+        if concurrency == 1 and done:
+            results["udp_per_open"] = (_udp_out() - udp0) / done
+            # CPU per open of each process: where an open's time goes
+            for name, before in cpu0.items():
+                spent = _cpu_s(pids[name]) - before
+                results[f"cpu_open_{name}"] = spent / done * 1e6
 
     # 4. Bulk, each way, one stream.
     if "bulk" in phases:
@@ -540,7 +568,13 @@ def run_system(
             line = _read_line(provider, 60, "provider")
             assert line == "ready", line
             client = procs.start(
-                [*_child("client", system, addr, args, work), "--server-pid", str(server.pid)],
+                [
+                    *_child("client", system, addr, args, work),
+                    "--server-pid",
+                    str(server.pid),
+                    "--provider-pid",
+                    str(provider.pid),
+                ],
                 work / "client.log",
                 env=env,
             )
@@ -594,6 +628,10 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("rtt_p99_ms", "echo 64 B RTT p99 ms", "low", ""),
     ("opens_1", "stream opens/s, 1 client", "high", ">= 1.0"),
     ("opens_32", "stream opens/s, 32 clients", "high", ">= 1.0"),
+    ("udp_per_open", "datagrams per open (1 client, host)", "low", ""),
+    ("cpu_open_relay", "relay CPU us per open (1 client)", "low", ""),
+    ("cpu_open_provider", "provider CPU us per open", "low", ""),
+    ("cpu_open_client", "client CPU us per open", "low", ""),
     ("rss_kib_per_stream", "RSS KiB per idle spliced stream", "low", "<= 30 KB"),
 ]
 
@@ -696,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--addr", default="")
     parser.add_argument("--certs", default="")
     parser.add_argument("--server-pid", type=int, default=0)
+    parser.add_argument("--provider-pid", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.bulk_mib, args.rtt, args.open_seconds = 1, 8, 500, 1.0

@@ -14,6 +14,7 @@ from outrelay.transport import (
     StreamDataReceived,
     StreamReset,
 )
+from outrelay.transport._aioquic_internals import LONE_ACK_DELAY
 
 from .conftest import PKI
 from .pair import CLIENT_ADDR, SERVER_ADDR, Pair
@@ -192,6 +193,73 @@ def test_reply_carries_the_ack(pki: PKI) -> None:
     if timer is not None and timer <= pair.now:
         pair.server.handle_timer(pair.now)
     assert pair.server.datagrams_to_send(pair.now) == []
+
+
+def _deliver(pair: Pair, sender: str) -> int:
+    """Move what ``sender`` has to send to the other side now; the datagram count."""
+    src = pair.client if sender == "client" else pair.server
+    dst, addr = (pair.server, CLIENT_ADDR) if sender == "client" else (pair.client, SERVER_ADDR)
+    datagrams = src.datagrams_to_send(pair.now)
+    for data, _ in datagrams:
+        dst.receive_datagram(data, addr, pair.now)
+    return len(datagrams)
+
+
+def _fire(conn: object, now: float) -> None:
+    timer = conn.get_timer()  # type: ignore[attr-defined]
+    if timer is not None and timer <= now:
+        conn.handle_timer(now)  # type: ignore[attr-defined]
+
+
+def test_lone_packet_ack_waits_for_the_next_packet(pki: PKI) -> None:
+    # A lone ack-eliciting packet is acknowledged within LONE_ACK_DELAY, not
+    # after 1 ms: the next packet the receiver sends anyway carries the ACK.
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    _quiesce(pair, 0.1)
+    sid = pair.client.open_stream()
+    pair.client.send(sid, b"signal")
+    assert _deliver(pair, "client") == 1
+    pair.now += 0.005
+    _fire(pair.server, pair.now)
+    assert pair.server.datagrams_to_send(pair.now) == []  # no ACK-only packet yet
+    pair.server.send(sid, b"later reply")
+    assert _deliver(pair, "server") == 1
+    assert pair.client.send_buffered(sid) == 0  # the reply acknowledged "signal"
+    pair.now += LONE_ACK_DELAY
+    _fire(pair.server, pair.now)
+    assert pair.server.datagrams_to_send(pair.now) == []
+
+
+def test_lone_packet_ack_goes_alone_by_the_deadline(pki: PKI) -> None:
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    _quiesce(pair, 0.1)
+    sid = pair.client.open_stream()
+    pair.client.send(sid, b"signal")
+    _deliver(pair, "client")
+    timer = pair.server.get_timer()
+    assert timer is not None and timer <= pair.now + LONE_ACK_DELAY
+    pair.now += LONE_ACK_DELAY
+    _fire(pair.server, pair.now)
+    assert _deliver(pair, "server") == 1
+    assert pair.client.send_buffered(sid) == 0
+
+
+def test_second_packet_brings_the_ack_back_to_1ms(pki: PKI) -> None:
+    # Two ack-eliciting packets: acknowledged as aioquic does, after 1 ms (so
+    # a bulk sender's window keeps moving as before).
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    _quiesce(pair, 0.1)
+    sid = pair.client.open_stream()
+    for chunk in (b"one", b"two"):
+        pair.client.send(sid, chunk)
+        assert _deliver(pair, "client") == 1
+    pair.now += 0.001
+    _fire(pair.server, pair.now)
+    assert _deliver(pair, "server") == 1
+    assert pair.client.send_buffered(sid) == 0
 
 
 def test_send_capacity_reports_acknowledged_bytes(pki: PKI) -> None:

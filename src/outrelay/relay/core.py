@@ -994,8 +994,6 @@ class RelayCore:
         ready = encode_message(FrameType.STREAM_READY, orp_pb2.StreamReady(stream_id=req.stream_id))
         actions = self._credit(flow)
         actions.append(Send(flow.conn, CONTROL_STREAM, ready))
-        if self.local.get(flow.provider_uri) == flow.provider_conn:
-            actions.append(Send(flow.provider_conn, CONTROL_STREAM, ready))
         # the consumer's bytes so far are already with the provider (early data)
         a = Leg(flow.conn, flow.stream, fin=flow.fin, sent=flow.early, fin_sent=flow.early_fin)
         b = Leg(
@@ -1006,6 +1004,11 @@ class RelayCore:
             unacked=flow.skip,
         )
         actions.append(StartSplice(flow.id, a, b))
+        # The provider's signal goes last: the transport flushes connections in
+        # the order they were written to, so the provider's answer reaches the
+        # consumer first (no observable order exists across two connections).
+        if self.local.get(flow.provider_uri) == flow.provider_conn:
+            actions.append(Send(flow.provider_conn, CONTROL_STREAM, ready))
         return actions
 
     # -- resume (relay.md §8-§9; resume.py) ---------------------------------

@@ -32,6 +32,18 @@ aioquic has no public API for three things OutRelay needs (see
    :meth:`FlowControlledConnection.datagrams_to_send_with_ack` moves the
    pending ACK of the 1-RTT space (``_spaces``, ``QuicPacketSpace.ack_at``)
    to now when the application has data going out anyway.
+5. **Delayed ACK of a lone packet.** aioquic acknowledges every 1-RTT
+   packet 1 ms after it arrived (``_ack_delay``). A lone ack-eliciting packet
+   that gets no reply within 1 ms (a control frame, the last packet of a
+   request) therefore costs an ACK-only datagram each way of the peer's
+   processing. RFC 9000 §13.2 lets a receiver wait up to the
+   ``max_ack_delay`` it advertises (aioquic advertises 25 ms) and asks for an
+   ACK once two ack-eliciting packets arrived. :meth:`receive_datagram`
+   does that: a packet that starts an ACK delay gets :data:`LONE_ACK_DELAY`;
+   as soon as another packet arrives while it runs, the ACK falls back to
+   aioquic's 1 ms, so bulk transfer is acknowledged exactly as before. A
+   reply or the next request carries the ACK instead of a datagram of its
+   own (see 4.).
 
 :func:`check_internals` asserts that all of this is still where we expect it
 on the installed aioquic; ``tests/transport/test_aioquic_internals.py`` runs
@@ -53,6 +65,10 @@ from cryptography import x509
 
 #: The aioquic versions this module was tested against (pip specifier).
 TESTED_AIOQUIC = ">=1.7,<1.8"
+
+#: ACK delay (seconds) of a lone ack-eliciting 1-RTT packet: below the 25 ms
+#: ``max_ack_delay`` aioquic advertises, which the peer's loss timer allows for.
+LONE_ACK_DELAY = 0.020
 
 
 class FlowControlledConnection(QuicConnection):
@@ -100,6 +116,27 @@ class FlowControlledConnection(QuicConnection):
         at which the client knows the server accepted it.
         """
         return bool(self._handshake_confirmed)
+
+    # -- ACK delay ------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        """aioquic's ``receive_datagram``, with the lone-packet ACK delay (module doc, 5.)."""
+        space = self._spaces.get(tls.Epoch.ONE_RTT) if self._handshake_complete else None
+        if space is None:
+            super().receive_datagram(data, addr, now)
+            return
+        pending = space.ack_at
+        largest = space.largest_received_packet
+        super().receive_datagram(data, addr, now)
+        due = space.ack_at
+        if due is None:
+            return
+        if pending is None:
+            # this datagram started the delay: a lone packet, so far
+            space.ack_at = now + LONE_ACK_DELAY
+        elif space.largest_received_packet != largest and due > now + self._ack_delay:
+            # a second packet while a long delay runs: aioquic's delay again
+            space.ack_at = now + self._ack_delay
 
     # -- receive credit -------------------------------------------------
 
@@ -237,11 +274,13 @@ _ATTRIBUTES: list[tuple[str, str]] = [
     ("QuicStream()", "max_stream_data_local"),
     ("QuicStream()", "max_stream_data_local_sent"),
     ("QuicPacketSpace()", "ack_at"),
+    ("QuicPacketSpace()", "largest_received_packet"),
 ]
 
 #: (method, parameter names after self) we override or call.
 _METHODS: list[tuple[str, list[str]]] = [
     ("_initialize", ["peer_cid"]),
+    ("receive_datagram", ["data", "addr", "now"]),
     ("_write_stream_limits", ["builder", "space", "stream"]),
     ("_write_connection_limits", ["builder", "space"]),
 ]
@@ -265,7 +304,11 @@ _SOURCE_FRAGMENTS: list[tuple[str, str]] = [
     ("_handle_stream_frame", "self._local_max_data.used + newly_received"),
     ("_write_application", "for stream in self._streams.values(): self._write_stream_limits("),
     ("_write_application", "space.ack_at is not None and space.ack_at <= now"),
-    ("receive_datagram", "space.ack_at = now + self._ack_delay"),
+    (
+        "receive_datagram",
+        "if is_ack_eliciting and space.ack_at is None: space.ack_at = now + self._ack_delay",
+    ),
+    ("receive_datagram", "space.largest_received_packet = packet_number"),
     ("_write_application", "self._write_connection_limits(builder=builder, space=space)"),
 ]
 
@@ -308,7 +351,14 @@ def check_internals() -> None:
             continue
         if fragment not in " ".join(source.split()):
             problems.append(f"QuicConnection.{name} no longer contains {fragment!r}")
-    for name in ("_local_max_data", "_streams", "_handshake_confirmed", "_spaces"):
+    for name in (
+        "_local_max_data",
+        "_streams",
+        "_handshake_confirmed",
+        "_handshake_complete",
+        "_spaces",
+        "_ack_delay",
+    ):
         if name not in inspect.getsource(QuicConnection.__init__):
             problems.append(f"QuicConnection.__init__ no longer sets {name}")
     if problems:
