@@ -207,7 +207,7 @@ class FlowControlledConnection(QuicConnection):
         """``datagrams_to_send``, with a pending 1-RTT ACK written now, not after its delay.
 
         For when a packet goes out anyway (stream data): the ACK rides along
-        and no ACK-only packet follows 1 ms later. Acknowledging early is
+        and no ACK-only packet follows when the delay runs out. Acknowledging early is
         always allowed (the delay is an upper bound). If no packet could be
         built (pacing), the ACK keeps its original deadline.
         """

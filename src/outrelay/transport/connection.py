@@ -153,7 +153,8 @@ class OrpConnection:
         """Datagrams to put on the wire now.
 
         When stream data is going out, a pending ACK rides in its packet rather
-        than in an ACK-only packet after aioquic's 1 ms ACK delay.
+        than in an ACK-only packet once its delay runs out (1 ms, or up to 20 ms for
+        a lone packet: see ``_aioquic_internals``).
         """
         if self._data_queued:
             self._data_queued = False
