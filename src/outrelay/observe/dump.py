@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from outrelay.observe.log import kv
 from outrelay.observe.metrics import Registry
 
 #: Used when the configured interval is not positive.
@@ -43,6 +44,6 @@ async def run_dumper(
         try:
             await asyncio.to_thread(write_snapshot, registry, path)
         except OSError as exc:
-            log.error("metrics dump failed", extra={"kv": {"path": str(path), "err": str(exc)}})
+            log.error("metrics dump failed", extra=kv(path=str(path), err=str(exc)))
             return
         await asyncio.sleep(interval_s)
