@@ -46,7 +46,7 @@ from typing import Any
 
 from outrelay.agent import events as ev
 from outrelay.agent.bridge import bridge
-from outrelay.agent.config import AgentConfig, parse_hostport
+from outrelay.agent.config import AgentConfig, format_hostport, parse_hostport
 from outrelay.agent.core import AgentProtocol
 from outrelay.agent.errors import (
     AgentError,
@@ -103,7 +103,7 @@ class _Service:
     host: str = ""
     port: int = 0
 
-    async def prepare(self, event: ev.IncomingStreamReceived, dial_timeout: float) -> Runner:
+    async def prepare(self, dial_timeout: float) -> Runner:
         """Get ready to serve one stream; raises ProviderRefusal to reject it."""
         handler = self.handler
         if handler is not None:
@@ -346,8 +346,7 @@ class Agent:
             RegisterFailed: the relay did not acknowledge the registration.
             ValueError: the service is already exposed.
         """
-        local = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        await self._add(_Service(service, local, host=host, port=port))
+        await self._add(_Service(service, format_hostport(host, port), host=host, port=port))
 
     async def _add(self, service: _Service) -> None:
         if service.name in self._services:
@@ -600,7 +599,7 @@ class Agent:
             service = self._services.get(event.service)
             if service is None:
                 raise NoHandler()
-            runner = await service.prepare(event, self.config.dial_timeout)
+            runner = await service.prepare(self.config.dial_timeout)
         except ProviderRefusal as exc:
             log.warning(f"agent: rejecting incoming stream: {exc.code} {exc.reason}", extra=fields)
             session.reject(event.qid, exc.code, exc.reason)

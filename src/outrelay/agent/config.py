@@ -30,6 +30,11 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def format_hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (the inverse of :func:`parse_hostport`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_mapping(value: str) -> tuple[str, str, int]:
     """Split ``NAME=HOST:PORT`` into ``(name, host, port)``.
 
@@ -123,8 +128,7 @@ class Mapping:
     @property
     def address(self) -> str:
         """``host:port`` (IPv6 hosts bracketed)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,6 @@ class _Data:
     phase: Phase
     stream_id: int = 0
     held: bytearray = field(default_factory=bytearray)
-    deadline: float | None = None
 
     def move(self, to: Phase) -> None:
         if to not in TRANSITIONS[self.phase]:
@@ -165,6 +164,9 @@ class AgentProtocol:
         self._registers: list[tuple[str, float]] = []
         self._streams: dict[int, _Data] = {}
         self._consumers: dict[int, int] = {}  # ORP stream id -> qid, while OPENING
+        # qid -> when an OPENING consumer stream is opened anyway ("timeout"). Kept
+        # apart from the streams so next_timer, asked after every event, is not O(streams).
+        self._ready_deadlines: dict[int, float] = {}
 
     # -- state ------------------------------------------------------------
 
@@ -192,7 +194,7 @@ class AgentProtocol:
         times = [t for _, t in self._registers]
         if self._hello_deadline is not None:
             times.append(self._hello_deadline)
-        times += [d.deadline for d in self._streams.values() if d.deadline is not None]
+        times += self._ready_deadlines.values()
         return min(times, default=None)
 
     # -- commands (each returns the bytes to send) -------------------------
@@ -230,10 +232,9 @@ class AgentProtocol:
             raise ValueError(f"agent: QUIC stream {qid} is already in use")
         while stream_id == 0 or stream_id in self._consumers:
             stream_id = new_stream_id()
-        self._streams[qid] = _Data(
-            Role.CONSUMER, Phase.OPENING, stream_id, deadline=now + self.ready_timeout
-        )
+        self._streams[qid] = _Data(Role.CONSUMER, Phase.OPENING, stream_id)
         self._consumers[stream_id] = qid
+        self._ready_deadlines[qid] = now + self.ready_timeout
         return encode_message(
             FrameType.OPEN_STREAM,
             pb.OpenStream(target_service=target, method=method, stream_id=stream_id),
@@ -281,11 +282,12 @@ class AgentProtocol:
         """Ignore whatever still arrives on ``qid`` (its stream was detached for resume)."""
         data = self._streams.get(qid)
         if data is not None and data.phase is not Phase.CLOSED:
-            self._close(data)
+            self._close(qid, data)
 
     def forget_stream(self, qid: int) -> None:
         """The shell is done with ``qid``; drop its state."""
         data = self._streams.pop(qid, None)
+        self._ready_deadlines.pop(qid, None)
         if data is not None and self._consumers.get(data.stream_id) == qid:
             del self._consumers[data.stream_id]
 
@@ -300,6 +302,12 @@ class AgentProtocol:
             if qid % 4 != 1:  # not server-initiated bidirectional: not a new incoming stream
                 return []
             stream = self._streams[qid] = _Data(Role.PROVIDER, Phase.AWAIT_FIRST)
+        phase = stream.phase
+        if phase is Phase.OPEN or phase is Phase.DECIDING:  # past the first frame: app bytes
+            out: list[ev.Event] = [ev.DataReceived(qid, data)] if data else []
+            if end_stream:
+                out.append(ev.StreamEnded(qid))
+            return out
         if stream.role is Role.RESUMED:
             return self._receive_resumed(qid, stream, data, end_stream)
         if stream.role is Role.CONSUMER:
@@ -313,7 +321,7 @@ class AgentProtocol:
         stream = self._streams.get(qid)
         if stream is None or stream.phase is Phase.CLOSED:
             return []
-        self._close(stream)
+        self._close(qid, stream)
         return [ev.StreamAborted(qid, f"reset by the relay (code {error_code:#x})", error_code)]
 
     def handle_timer(self, now: float) -> list[ev.Event]:
@@ -327,9 +335,9 @@ class AgentProtocol:
         if due:
             self._registers = [(n, t) for n, t in self._registers if now < t]
             out += [ev.RegisterTimedOut(name) for name in due]
-        for qid, stream in list(self._streams.items()):
-            if stream.deadline is not None and now >= stream.deadline:
-                out += self._open_consumer(qid, stream, "timeout", False)
+        for qid, at in list(self._ready_deadlines.items()):
+            if now >= at:
+                out += self._open_consumer(qid, self._streams[qid], "timeout", False)
         return out
 
     # -- control stream ---------------------------------------------------
@@ -410,7 +418,7 @@ class AgentProtocol:
 
     def _open_consumer(self, qid: int, stream: _Data, cause: str, fin: bool) -> list[ev.Event]:
         stream.move(Phase.OPEN)
-        stream.deadline = None
+        self._ready_deadlines.pop(qid, None)
         self._consumers.pop(stream.stream_id, None)
         out: list[ev.Event] = [ev.StreamOpened(qid, stream.stream_id, cause)]
         if stream.held:
@@ -420,20 +428,15 @@ class AgentProtocol:
             out.append(ev.StreamEnded(qid))
         return out
 
-    def _close(self, stream: _Data) -> None:
+    def _close(self, qid: int, stream: _Data) -> None:
         stream.move(Phase.CLOSED)
-        stream.deadline = None
+        self._ready_deadlines.pop(qid, None)
         stream.held.clear()
         self._consumers.pop(stream.stream_id, None)
 
     def _receive_consumer(
         self, qid: int, stream: _Data, data: bytes, end_stream: bool, now: float
     ) -> list[ev.Event]:
-        if stream.phase is Phase.OPEN:
-            out: list[ev.Event] = [ev.DataReceived(qid, data)] if data else []
-            if end_stream:
-                out.append(ev.StreamEnded(qid))
-            return out
         if stream.phase is not Phase.OPENING:
             return []
         stream.held += data
@@ -442,11 +445,11 @@ class AgentProtocol:
             return self._open_consumer(qid, stream, "data", end_stream)
         if isinstance(verdict, tuple):
             code, reason = verdict
-            self._close(stream)
+            self._close(qid, stream)
             return [ev.StreamRejected(qid, stream.stream_id, code, reason)]
         if end_stream:  # "maybe" and nothing more will come
             if not stream.held:
-                self._close(stream)
+                self._close(qid, stream)
                 return [ev.StreamAborted(qid, "the relay closed the stream without an answer")]
             return self._open_consumer(qid, stream, "data", True)
         return []
@@ -456,13 +459,8 @@ class AgentProtocol:
     def _receive_resumed(
         self, qid: int, stream: _Data, data: bytes, end_stream: bool
     ) -> list[ev.Event]:
-        if stream.phase is Phase.CLOSED:
+        if stream.phase is not Phase.RESUMING:
             return []
-        if stream.phase is Phase.OPEN:
-            out: list[ev.Event] = [ev.DataReceived(qid, data)] if data else []
-            if end_stream:
-                out.append(ev.StreamEnded(qid))
-            return out
         stream.held += data
         held = stream.held
         if len(held) >= HEADER_SIZE:
@@ -473,11 +471,11 @@ class AgentProtocol:
                 FrameType.STREAM_RESUME,
                 FrameType.STREAM_REJECT,
             ):
-                self._close(stream)
+                self._close(qid, stream)
                 why = f"expected the STREAM_RESUME echo, got word {word0:#06x}"
                 return [ev.StreamAborted(qid, why)]
             if length > MAX_REJECT_PAYLOAD:
-                self._close(stream)
+                self._close(qid, stream)
                 return [ev.StreamAborted(qid, f"resume answer of {length} bytes")]
             end = HEADER_SIZE + length
             if len(held) >= end:
@@ -486,7 +484,7 @@ class AgentProtocol:
                 held.clear()
                 return self._resume_answer(qid, stream, ftype, payload, rest, end_stream)
         if end_stream:
-            self._close(stream)
+            self._close(qid, stream)
             return [ev.StreamAborted(qid, "the relay closed the resume stream without an answer")]
         return []
 
@@ -496,14 +494,14 @@ class AgentProtocol:
         try:
             if ftype == FrameType.STREAM_REJECT:
                 rej = pb.StreamReject.FromString(payload)
-                self._close(stream)
+                self._close(qid, stream)
                 return [ev.ResumeRejected(qid, stream.stream_id, rej.code, rej.reason)]
             echo = pb.StreamResume.FromString(payload)
         except Exception as exc:  # protobuf's DecodeError
-            self._close(stream)
+            self._close(qid, stream)
             return [ev.StreamAborted(qid, f"undecodable resume answer: {exc}")]
         if echo.stream_id != stream.stream_id:
-            self._close(stream)
+            self._close(qid, stream)
             return [
                 ev.StreamAborted(
                     qid, f"resume echo for stream {echo.stream_id:#x}, not {stream.stream_id:#x}"
@@ -524,23 +522,18 @@ class AgentProtocol:
     def _receive_provider(
         self, qid: int, stream: _Data, data: bytes, end_stream: bool
     ) -> list[ev.Event]:
-        if stream.phase is Phase.CLOSED:
-            return []
         if stream.phase is not Phase.AWAIT_FIRST:
-            out: list[ev.Event] = [ev.DataReceived(qid, data)] if data else []
-            if end_stream:
-                out.append(ev.StreamEnded(qid))
-            return out
+            return []
         stream.held += data
         if len(stream.held) < HEADER_SIZE:
             return self._provider_cut(qid, stream, end_stream)
         word0 = int.from_bytes(stream.held[:2], "big")
         length = int.from_bytes(stream.held[4:8], "big")
         if word0 >> 13 != VERSION or (word0 & 0x7FF) != FrameType.INCOMING_STREAM:
-            self._close(stream)
+            self._close(qid, stream)
             return [ev.StreamAborted(qid, f"expected INCOMING_STREAM, got word {word0:#06x}")]
         if length > MAX_REJECT_PAYLOAD:
-            self._close(stream)
+            self._close(qid, stream)
             return [ev.StreamAborted(qid, f"INCOMING_STREAM payload of {length} bytes")]
         end = HEADER_SIZE + length
         if len(stream.held) < end:
@@ -549,13 +542,13 @@ class AgentProtocol:
         try:
             msg.ParseFromString(bytes(stream.held[HEADER_SIZE:end]))
         except Exception as exc:  # protobuf's DecodeError
-            self._close(stream)
+            self._close(qid, stream)
             return [ev.StreamAborted(qid, f"undecodable INCOMING_STREAM: {exc}")]
         rest = bytes(stream.held[end:])
         stream.held.clear()
         stream.stream_id = msg.stream_id
         stream.move(Phase.DECIDING)
-        out = [
+        out: list[ev.Event] = [
             ev.IncomingStreamReceived(
                 qid, msg.target_service, msg.method, msg.source_agent_uri, msg.stream_id
             )
@@ -569,7 +562,7 @@ class AgentProtocol:
     def _provider_cut(self, qid: int, stream: _Data, end_stream: bool) -> list[ev.Event]:
         if not end_stream:
             return []
-        self._close(stream)
+        self._close(qid, stream)
         return [ev.StreamAborted(qid, "stream ended inside its first frame")]
 
 

@@ -11,7 +11,7 @@ sees as agents coming and going).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from outrelay.agent.errors import ConnectFailed
@@ -40,10 +40,6 @@ class Backoff:
     def reset(self) -> None:
         """A session came up: the next failure retries at once again."""
         self._next = 0.0
-
-    def __iter__(self) -> Iterator[float]:
-        while True:
-            yield self.next_delay()
 
 
 async def dial_first(relays: Sequence[str], dial: Callable[[str], Awaitable[T]]) -> T:

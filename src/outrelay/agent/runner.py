@@ -19,7 +19,7 @@ from typing import Any
 
 from outrelay.agent.bridge import bridge
 from outrelay.agent.client import Agent
-from outrelay.agent.config import Mapping, RunConfig, parse_hostport
+from outrelay.agent.config import Mapping, RunConfig, format_hostport, parse_hostport
 from outrelay.agent.errors import AgentError, StreamRejected
 from outrelay.observe import REGISTRY, DebugServer, kv, run_dumper
 
@@ -42,7 +42,7 @@ class ConsumerListener:
         """The bound ``host:port`` (the real port when 0 was asked for)."""
         assert self._server is not None
         host, port = self._server.sockets[0].getsockname()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return format_hostport(host, port)
 
     async def start(self) -> None:
         """Bind the listener. Raises OSError if the address cannot be bound."""

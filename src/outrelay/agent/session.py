@@ -357,6 +357,7 @@ class Session:
             assert isinstance(event, StreamDataReceived)
             qid = event.stream_id
             self._dispatch(self.proto.receive(qid, event.data, event.end_stream, now))
+            # Credit for what arrived goes back here, once per event (held bytes too).
             transport = self._streams.get(qid)
             if transport is None or transport.is_reading():
                 self.grant_all(qid)

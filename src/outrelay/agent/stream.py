@@ -278,7 +278,11 @@ class RelayStreamTransport(asyncio.Transport):
     # -- called by the session -------------------------------------------
 
     def feed_data(self, data: bytes) -> None:
-        """Application bytes arrived; credit goes back unless the reader is paused."""
+        """Application bytes arrived.
+
+        Credit goes back from the session once the event is handled, unless
+        the reader is paused by then (:meth:`is_reading`).
+        """
         if self._finished or self._protocol is None:
             return
         if self.state is None:
@@ -290,9 +294,6 @@ class RelayStreamTransport(asyncio.Transport):
             if self.on_flow is not None:
                 self.on_flow()
         self._protocol.data_received(data)  # type: ignore[attr-defined]
-        if not self._read_paused and self.live:
-            assert self._session is not None
-            self._session.grant_all(self.qid)
 
     def feed_eof(self) -> None:
         """The peer finished its side (FIN)."""

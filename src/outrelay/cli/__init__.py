@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from outrelay import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: command name -> "module:attribute"; a module not written yet is left out.
 COMMANDS: dict[str, str] = {
@@ -48,6 +51,19 @@ def fail(message: str, *, usage: bool = False) -> NoReturn:
     if usage:
         raise UsageFailure(message)
     raise RuntimeFailure(message)
+
+
+def log_options(fn: F) -> F:
+    """Add ``--log-format`` and ``--log-level``, shared by the long-running commands."""
+    fn = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
+        default="info",
+        show_default=True,
+    )(fn)
+    return click.option(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    )(fn)
 
 
 def _available(name: str) -> bool:

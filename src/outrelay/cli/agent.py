@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING
 
 import click
 
-from outrelay.agent.config import Mapping
-from outrelay.cli import fail
+from outrelay.cli import fail, log_options
 from outrelay.cli.controller import DURATION
 from outrelay.cli.relay import SIZE
 
+if TYPE_CHECKING:
+    from outrelay.agent.config import Mapping
+
 
 def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
+    # Imported here: the agent package is heavy and ``agent --help`` needs none of it.
+    from outrelay.agent.config import Mapping
+
     out = []
     seen: set[str] = set()
     for value in values:
@@ -90,15 +96,7 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
 )
 @click.option("--debug-listen", default="", help="Debug HTTP HOST:PORT ('' disables).")
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
-@click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_options
 @click.option(
     "--ready-file",
     default="",
@@ -188,7 +186,6 @@ def agent(
         log_format=log_format,
         log_level=log_level.lower(),
     )
-    from outrelay.agent.errors import AgentError
     from outrelay.agent.runner import run
     from outrelay.errors import OutRelayError
     from outrelay.observe import setup_logging
@@ -198,9 +195,7 @@ def agent(
         asyncio.run(run(config))
     except KeyboardInterrupt:
         pass
-    except IdentityError as exc:
-        fail(str(exc))
-    except (AgentError, OutRelayError) as exc:
+    except OutRelayError as exc:  # IdentityError and AgentError included
         fail(str(exc))
     except (OSError, ValueError) as exc:
         fail(f"agent: {exc}")

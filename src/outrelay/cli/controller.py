@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from outrelay.cli import fail
+from outrelay.cli import fail, log_options
 from outrelay.controller.config import ControllerConfig, parse_duration
 
 
@@ -50,15 +50,7 @@ DURATION = Duration()
 @click.option(
     "--debug-listen", default="127.0.0.1:9101", show_default=True, help="Debug HTTP ('' disables)."
 )
-@click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_options
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @click.option("--metrics-interval", type=DURATION, default="10s", show_default=True)
 @click.option(

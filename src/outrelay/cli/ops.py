@@ -22,15 +22,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import grpc
 
-from outrelay.cli import fail
+from outrelay.cli import F, fail
 from outrelay.cli.controller import DURATION
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 RPC_TIMEOUT = 10.0
 
@@ -141,6 +139,8 @@ def _ms_to_text(ms: int) -> str:
 
 _P2P = {"allowed": 0, "forbidden": 1, "required": 2}
 _RELAY = {"splice": 0, "forward": 1}
+_P2P_NAMES = {v: k for k, v in _P2P.items()}
+_RELAY_NAMES = {v: k for k, v in _RELAY.items()}
 
 
 @click.group()
@@ -157,8 +157,8 @@ def _rule_row(rule: Any) -> dict[str, Any]:
         "target": rule.target_pattern,
         "method": rule.method_pattern or "*",
         "decision": "deny" if rule.decision == pb.DECISION_DENY else "allow",
-        "p2p": {v: k for k, v in _P2P.items()}.get(rule.p2p_mode, "allowed"),
-        "relay": {v: k for k, v in _RELAY.items()}.get(rule.relay_mode, "splice"),
+        "p2p": _P2P_NAMES.get(rule.p2p_mode, "allowed"),
+        "relay": _RELAY_NAMES.get(rule.relay_mode, "splice"),
         "expires": _ms_to_text(rule.expires_unix_ms),
         "created": _ms_to_text(rule.created_at_unix_ms),
     }
@@ -286,11 +286,11 @@ def follow_events(
             key = ev.SerializeToString(deterministic=True)
             if ev.ts_unix_ms == edge and key in seen_at_edge:
                 continue
-            fresh.append(ev)
-        for ev in fresh:
+            fresh.append((ev, key))
+        for ev, key in fresh:
             if ev.ts_unix_ms > edge:
                 edge, seen_at_edge = ev.ts_unix_ms, set()
-            seen_at_edge.add(ev.SerializeToString(deterministic=True))
+            seen_at_edge.add(key)
             yield ev
         time.sleep(interval_s)
 
@@ -337,9 +337,11 @@ def audit_query(**kw: Any) -> None:
             _print_line(cfg, _event_row(ev), columns)
         skip = {e.SerializeToString(deterministic=True) for e in events if e.ts_unix_ms == start}
         for ev in follow_events(lambda s: query(s, 0), kw["interval"], start):
-            if ev.SerializeToString(deterministic=True) in skip:
-                skip.discard(ev.SerializeToString(deterministic=True))
-                continue
+            if skip:
+                key = ev.SerializeToString(deterministic=True)
+                if key in skip:
+                    skip.discard(key)
+                    continue
             _print_line(cfg, _event_row(ev), columns)
 
 

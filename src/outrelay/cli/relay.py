@@ -6,7 +6,7 @@ import re
 
 import click
 
-from outrelay.cli import fail
+from outrelay.cli import fail, log_options
 from outrelay.cli.controller import DURATION
 
 _SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
@@ -65,15 +65,7 @@ SIZE = Size()
 )
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @click.option("--metrics-interval", type=DURATION, default="10s", show_default=True)
-@click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_options
 @click.option(
     "--window", type=SIZE, default="1MiB", show_default=True, help="Bytes held per stream."
 )

@@ -17,6 +17,7 @@ from outrelay.controller.base import Db, InvalidArgument, require_tenant, rpc_er
 from outrelay.controller.store import AuditRow, now_ms
 from outrelay.observe import REGISTRY, kv
 from outrelay.policy import Verdict
+from outrelay.policy.convert import verdict_of
 from outrelay.proto import audit_pb2 as pb
 from outrelay.proto import audit_pb2_grpc as pb_grpc
 from outrelay.proto import policy_pb2
@@ -35,7 +36,7 @@ def _row(event: pb.AuditEvent, field: str) -> AuditRow:
         caller=event.caller,
         target=event.target,
         method=event.method,
-        verdict=Verdict.DENY if event.decision == Verdict.DENY else Verdict.ALLOW,
+        verdict=verdict_of(event.decision),
         reason=event.reason,
         stream_id=event.stream_id,
     )

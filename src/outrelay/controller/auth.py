@@ -149,12 +149,6 @@ def authorize(method: str, pem: bytes | None) -> Identity | None | Refusal:
     return identity
 
 
-def check(method: str, pem: bytes | None) -> Refusal | None:
-    """None if a caller with certificate ``pem`` may call ``method``, else the status."""
-    got = authorize(method, pem)
-    return got if isinstance(got, tuple) else None
-
-
 def check_scope(method: str, caller: Identity | None, request: Any) -> Refusal | None:
     """None if ``request`` stays within ``caller``'s tenant or relay id, else the status.
 

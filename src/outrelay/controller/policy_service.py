@@ -37,6 +37,9 @@ from outrelay.proto import policy_pb2_grpc as pb_grpc
 #: Longest accepted pattern or id.
 MAX_FIELD = 1024
 
+_P2P_NUMBERS = frozenset(int(m) for m in P2PMode)
+_RELAY_MODE_NUMBERS = frozenset(int(m) for m in RelayMode)
+
 log = logging.getLogger("outrelay.controller")
 
 
@@ -61,9 +64,9 @@ def validate_rule(msg: pb.PolicyRule, now: int) -> Rule:
     _text(msg.method_pattern, "rule.method_pattern")
     if msg.decision not in (Verdict.ALLOW, Verdict.DENY):
         raise InvalidArgument("rule.decision: must be DECISION_ALLOW or DECISION_DENY")
-    if msg.p2p_mode not in {int(m) for m in P2PMode}:
+    if msg.p2p_mode not in _P2P_NUMBERS:
         raise InvalidArgument(f"rule.p2p_mode: unknown value {msg.p2p_mode}")
-    if msg.relay_mode not in {int(m) for m in RelayMode}:
+    if msg.relay_mode not in _RELAY_MODE_NUMBERS:
         raise InvalidArgument(f"rule.relay_mode: unknown value {msg.relay_mode}")
     if msg.expires_unix_ms != 0 and msg.expires_unix_ms <= now:
         raise InvalidArgument("rule.expires_unix_ms: must be 0 (never) or in the future")

@@ -105,6 +105,10 @@ class RegistryService(pb_grpc.RegistryServicer):
         self._stale_after_ms = int(3 * heartbeat_s * 1000)
         self._clock = clock
 
+    def _stale_before(self) -> int:
+        """Relays whose last heartbeat is older than this (ms) are stale."""
+        return self._clock() - self._stale_after_ms
+
     def _publish(self, kind: int, row: ProviderRow) -> None:
         event = pb.WatchEvent(kind=kind, provider=provider_pb(row), service_name=row.service_name)  # type: ignore[arg-type]
         self._hub.publish(row.tenant, (row.tenant, row.service_name, event))
@@ -172,7 +176,7 @@ class RegistryService(pb_grpc.RegistryServicer):
             tenant,
             request.service_name,
             request.caller_region,
-            self._clock() - self._stale_after_ms,
+            self._stale_before(),
         )
         return pb.ResolveResponse(providers=[provider_pb(row) for row in rows])
 
@@ -199,7 +203,7 @@ class RegistryService(pb_grpc.RegistryServicer):
     ) -> pb.ListServicesResponse:
         tenant = require_tenant(request.tenant)
         services = await self._db.call(self._db.store.list_services, tenant)
-        stale_before = self._clock() - self._stale_after_ms
+        stale_before = self._stale_before()
         log.debug("registry: services listed", extra=kv(tenant=tenant, service_count=len(services)))
         return pb.ListServicesResponse(
             services=[service_entry_pb(s, stale_before) for s in services]
@@ -210,7 +214,7 @@ class RegistryService(pb_grpc.RegistryServicer):
         self, request: pb.ListRelaysRequest, context: Any
     ) -> pb.ListRelaysResponse:
         relays = await self._db.call(self._db.store.list_relays)
-        stale_before = self._clock() - self._stale_after_ms
+        stale_before = self._stale_before()
         return pb.ListRelaysResponse(relays=[relay_entry_pb(r, stale_before) for r in relays])
 
     @stream_errors

@@ -9,6 +9,8 @@ refused (it was written by a newer controller).
 
 from __future__ import annotations
 
+from outrelay.pki.store import ApswTokenStore
+
 #: SQL scripts; index i upgrades version i to i + 1.
 MIGRATIONS: list[str] = [
     # 1: registry, policy, audit
@@ -83,20 +85,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# 2: enrollment-token state, same tables and columns as
-# outrelay.pki.store.ApswTokenStore so either class can serve the file.
-MIGRATIONS.append(
-    """
-    CREATE TABLE IF NOT EXISTS enrollment_key (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        private_key BLOB NOT NULL,           -- raw 32-byte Ed25519 seed
-        created_unix INTEGER NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS used_tokens (
-        jti TEXT PRIMARY KEY,
-        expires_unix INTEGER NOT NULL,
-        used_unix INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS used_tokens_expires ON used_tokens (expires_unix);
-    """
-)
+# 2: enrollment-token state: the tables of outrelay.pki.store.ApswTokenStore,
+# from its one definition, so either class can serve the file. That script is
+# thus a shipped migration too: a change to those tables needs a new entry here.
+MIGRATIONS.append(ApswTokenStore.SCHEMA)

@@ -16,15 +16,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apsw
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from outrelay.controller.schema import MIGRATIONS
 from outrelay.errors import OutRelayError
+from outrelay.pki.store import ApswTokenStore
 from outrelay.policy import P2PMode, RelayMode, Rule, Verdict
 
 #: Default database file, relative to the working directory.
@@ -38,6 +38,14 @@ _P2P_TEXT = {
     P2PMode.REQUIRED: "required",
 }
 _P2P_OF_TEXT = {text: mode for mode, text in _P2P_TEXT.items()}
+
+
+def _decision_text(verdict: Verdict) -> str:
+    return "deny" if verdict is Verdict.DENY else "allow"
+
+
+def _verdict_of_text(text: str) -> Verdict:
+    return Verdict.DENY if text == "deny" else Verdict.ALLOW
 
 
 class StoreError(OutRelayError):
@@ -154,7 +162,6 @@ class Store:
         self.path = path
         self._clock = clock
         self._lock = threading.RLock()
-        self._token_key: ed25519.Ed25519PrivateKey | None = None
         try:
             self._db = apsw.Connection(path)
             self._db.setbusytimeout(BUSY_TIMEOUT_MS)
@@ -162,6 +169,8 @@ class Store:
             self._pragma("synchronous", "FULL")
             self._pragma("foreign_keys", "ON")
             self._migrate()
+            # the token tables' SQL lives in ApswTokenStore; our lock serialises it
+            self._tokens = ApswTokenStore(self._db, clock=lambda: self._clock() // 1000)
         except apsw.Error as exc:
             raise StoreError(f"store: open {path}: {exc}") from exc
 
@@ -234,44 +243,20 @@ class Store:
     def signing_key(self) -> ed25519.Ed25519PrivateKey:
         """The Ed25519 token-signing key, created on first use and then stable."""
         with self._lock:
-            if self._token_key is not None:
-                return self._token_key
-            seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.Raw,
-                serialization.PrivateFormat.Raw,
-                serialization.NoEncryption(),
-            )
-            with self._write() as cur:
-                # OR IGNORE: a key created earlier (or by another process) stays
-                cur.execute(
-                    "INSERT OR IGNORE INTO enrollment_key (id, private_key, created_unix) "
-                    "VALUES (1, ?, ?)",
-                    (seed, self._clock() // 1000),
-                )
-                row = cur.execute("SELECT private_key FROM enrollment_key WHERE id = 1").fetchone()
-            assert row is not None  # inserted just above unless it existed
-            self._token_key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(row[0]))
-            return self._token_key
+            return self._tokens.signing_key()
 
     def consume(self, jti: str, expires_unix: int) -> bool:
         """Atomically mark token id ``jti`` used; False if it already was (replay).
 
         Also forgets ids of tokens that have expired (they fail the exp check).
         """
-        with self._write() as cur:
-            cur.execute("DELETE FROM used_tokens WHERE expires_unix < ?", (self._clock() // 1000,))
-            cur.execute(
-                "INSERT OR IGNORE INTO used_tokens (jti, expires_unix, used_unix) VALUES (?, ?, ?)",
-                (jti, int(expires_unix), self._clock() // 1000),
-            )
-            return self._db.changes() == 1
+        with self._lock:
+            return self._tokens.consume(jti, expires_unix)
 
     def purge_expired(self, now_unix: int | None = None) -> int:
         """Forget used token ids whose token has expired; return how many."""
-        now = self._clock() // 1000 if now_unix is None else now_unix
-        with self._write() as cur:
-            cur.execute("DELETE FROM used_tokens WHERE expires_unix < ?", (now,))
-            return int(self._db.changes())
+        with self._lock:
+            return self._tokens.purge_expired(now_unix)
 
     # -- registry ---------------------------------------------------------
 
@@ -416,18 +401,7 @@ class Store:
 
         Raises ``DuplicateRuleError`` if the id exists.
         """
-        stored = Rule(
-            id=rule.id,
-            tenant=rule.tenant,
-            caller_pattern=rule.caller_pattern,
-            target_pattern=rule.target_pattern,
-            method_pattern=rule.method_pattern,
-            verdict=rule.verdict,
-            expires_unix_ms=rule.expires_unix_ms,
-            created_at_unix_ms=self._clock(),
-            p2p_mode=rule.p2p_mode,
-            relay_mode=rule.relay_mode,
-        )
+        stored = replace(rule, created_at_unix_ms=self._clock())
         try:
             with self._write() as cur:
                 cur.execute(
@@ -440,7 +414,7 @@ class Store:
                         stored.caller_pattern,
                         stored.target_pattern,
                         stored.method_pattern,
-                        "deny" if stored.verdict is Verdict.DENY else "allow",
+                        _decision_text(stored.verdict),
                         stored.expires_unix_ms,
                         stored.created_at_unix_ms,
                         _P2P_TEXT[stored.p2p_mode],
@@ -476,7 +450,7 @@ class Store:
                 caller_pattern=r[2],
                 target_pattern=r[3],
                 method_pattern=r[4],
-                verdict=Verdict.DENY if r[5] == "deny" else Verdict.ALLOW,
+                verdict=_verdict_of_text(r[5]),
                 expires_unix_ms=r[6],
                 created_at_unix_ms=r[7],
                 p2p_mode=_P2P_OF_TEXT.get(r[8], P2PMode.ALLOWED),
@@ -501,7 +475,7 @@ class Store:
                         e.caller,
                         e.target,
                         e.method,
-                        "deny" if e.verdict is Verdict.DENY else "allow",
+                        _decision_text(e.verdict),
                         e.reason,
                         e.stream_id,
                     )
@@ -542,17 +516,7 @@ class Store:
             sql += " LIMIT ?"
             args.append(limit)
         return [
-            AuditRow(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                Verdict.DENY if r[5] == "deny" else Verdict.ALLOW,
-                r[6],
-                r[7],
-                r[8],
-            )
+            AuditRow(r[0], r[1], r[2], r[3], r[4], _verdict_of_text(r[5]), r[6], r[7], r[8])
             for r in self._read(sql, args)
         ]
 

@@ -150,6 +150,13 @@ class Rotator:
         """The active credentials (lock-free read); None before bootstrap."""
         return self._current
 
+    def _bootstrapped(self) -> Credentials:
+        """The active credentials; raises RotatorError before bootstrap."""
+        creds = self._current
+        if creds is None:
+            raise RotatorError("identity: rotator not bootstrapped")
+        return creds
+
     async def bootstrap(self, obtain: Callable[[], Awaitable[Credentials]]) -> Credentials:
         """Obtain the first credentials (e.g. enroll) and make them active.
 
@@ -174,10 +181,7 @@ class Rotator:
         Raises:
             RotatorError: not bootstrapped.
         """
-        creds = self._current
-        if creds is None:
-            raise RotatorError("identity: rotator not bootstrapped")
-        return creds.renew_at(self._rotate_at)
+        return self._bootstrapped().renew_at(self._rotate_at)
 
     async def rotate_once(self) -> Credentials:
         """Renew now: fresh key, CSR for the current identity, renew, check, swap, notify.
@@ -189,9 +193,7 @@ class Rotator:
         """
         from outrelay.pki.csr import key_pem, make_csr, new_key
 
-        old = self._current
-        if old is None:
-            raise RotatorError("identity: rotator not bootstrapped")
+        old = self._bootstrapped()
         key: ec.EllipticCurvePrivateKey = new_key()
         _, csr = make_csr(old.identity, key)
         cert_pem, ca_pem = await self._renew(csr)
@@ -242,10 +244,7 @@ class Rotator:
         Raises:
             RotatorError: not bootstrapped.
         """
-        creds = self._current
-        if creds is None:
-            raise RotatorError("identity: rotator not bootstrapped")
-        outer = creds._context(0)
+        outer = self._bootstrapped()._context(0)
 
         def pick(
             sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: ssl.SSLContext
@@ -263,7 +262,4 @@ class Rotator:
         Raises:
             RotatorError: not bootstrapped.
         """
-        creds = self._current
-        if creds is None:
-            raise RotatorError("identity: rotator not bootstrapped")
-        return creds.client_context
+        return self._bootstrapped().client_context

@@ -23,6 +23,7 @@ from outrelay.observe.prom import CONTENT_TYPE_LATEST, render
 
 HEADER_TIMEOUT_S = 5.0
 MAX_HEAD = 16 * 1024
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
 
 log = logging.getLogger("outrelay.observe")
 
@@ -82,9 +83,8 @@ class DebugServer:
                 status, ctype, body = 400, "text/plain", b"bad request\n"
             else:
                 status, ctype, body = self.route(parts[1])
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
             writer.write(
-                f"HTTP/1.1 {status} {reason.get(status, '')}\r\n"
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode("latin-1")
                 + (b"" if parts[:1] == ["HEAD"] else body)

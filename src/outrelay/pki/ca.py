@@ -22,10 +22,11 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from outrelay.identity import Identity
-from outrelay.pki.csr import key_pem, load_key, make_csr
+from outrelay.pki.csr import key_pem, load_key, make_csr, new_key
 from outrelay.pki.errors import (
     CAError,
     CSRKeyError,
@@ -272,24 +273,36 @@ class CA:
             ValueError: an entry of ``ip_addresses`` is not an IP address.
         """
         parsed = check_csr(csr, identity)
-        now = _now(now)
-        if ttl is None or ttl <= dt.timedelta(0):
-            ttl = DEFAULT_LEAF_TTL
-        not_after = min(now + ttl, self.cert.not_valid_after_utc)
         uri = str(identity)
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
         dns = ["localhost", *(d for d in dns_names if d != "localhost")]
         sans += [x509.DNSName(d) for d in dict.fromkeys(dns)]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        return self._leaf(uri, parsed.public_key(), sans, usages, ttl, _now(now), backdate)
+
+    def _leaf(
+        self,
+        common_name: str,
+        public_key: CertificatePublicKeyTypes,
+        sans: list[x509.GeneralName],
+        usages: list[x509.ObjectIdentifier],
+        ttl: dt.timedelta | None,
+        now: dt.datetime,
+        backdate: dt.timedelta,
+    ) -> x509.Certificate:
+        """Sign the leaf profile (spec §2.2): ``ttl`` None or <= 0 is one hour, capped by the CA."""
+        if ttl is None or ttl <= dt.timedelta(0):
+            ttl = DEFAULT_LEAF_TTL
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject)
-            .public_key(parsed.public_key())
+            .public_key(public_key)
             .serial_number(random_serial())
             .not_valid_before(now - backdate)
-            .not_valid_after(not_after)
+            .not_valid_after(min(now + ttl, self.cert.not_valid_after_utc))
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -304,12 +317,7 @@ class CA:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
@@ -349,42 +357,10 @@ class CA:
         cannot act as an agent, relay or operator anywhere (no URI SAN means
         :func:`~outrelay.identity.peer_identity` refuses it).
         """
-        now = _now(now)
-        if ttl is None or ttl <= dt.timedelta(0):
-            ttl = DEFAULT_LEAF_TTL
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key()
         dns = dict.fromkeys(["localhost", *dns_names])
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-        ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(random_serial())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(now + ttl, self.cert.not_valid_after_utc))
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+        cert = self._leaf(common_name, key.public_key(), sans, usages, ttl, _now(now), BACKDATE)
         return key, cert

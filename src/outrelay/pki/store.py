@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -76,7 +78,8 @@ class ApswTokenStore:
     ``ApswTokenStore(path)`` opens (creating with mode 0600, since it holds a
     private key) its own database; ``ApswTokenStore(connection)`` adds the
     tables to a database someone else owns (the controller's). Safe to share
-    between threads: each transaction holds the instance's lock.
+    between threads: each transaction holds the instance's lock. ``clock``
+    gives the time in whole Unix seconds.
     """
 
     SCHEMA = """
@@ -95,8 +98,14 @@ class ApswTokenStore:
 
     BUSY_TIMEOUT_MS = 5000
 
-    def __init__(self, target: str | os.PathLike[str] | apsw.Connection) -> None:
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | apsw.Connection,
+        *,
+        clock: Callable[[], int] = lambda: int(time.time()),
+    ) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._key: ed25519.Ed25519PrivateKey | None = None
         if isinstance(target, apsw.Connection):
             self._conn = target
@@ -111,14 +120,15 @@ class ApswTokenStore:
             if on_disk:
                 self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.set_busy_timeout(self.BUSY_TIMEOUT_MS)
-        with self._lock:
-            self._write(self.SCHEMA)
+        with self._lock, self._transaction():
+            self._conn.execute(self.SCHEMA)
 
-    def _write(self, sql: str, bindings: tuple[object, ...] = ()) -> None:
-        """Run ``sql`` in its own BEGIN IMMEDIATE transaction (caller holds the lock)."""
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (caller holds the lock)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.execute(sql, bindings)
+            yield
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
@@ -135,11 +145,12 @@ class ApswTokenStore:
                 serialization.NoEncryption(),
             )
             # INSERT OR IGNORE: if another process created the key first, keep theirs.
-            self._write(
-                "INSERT OR IGNORE INTO enrollment_key (id, private_key, created_unix) "
-                "VALUES (1, ?, ?)",
-                (seed, int(time.time())),
-            )
+            with self._transaction():
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO enrollment_key (id, private_key, created_unix) "
+                    "VALUES (1, ?, ?)",
+                    (seed, self._clock()),
+                )
             row = self._conn.execute(
                 "SELECT private_key FROM enrollment_key WHERE id = 1"
             ).fetchone()
@@ -149,9 +160,8 @@ class ApswTokenStore:
 
     def consume(self, jti: str, expires_unix: int) -> bool:
         with self._lock:
-            now = int(time.time())
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            now = self._clock()
+            with self._transaction():
                 # ids of expired tokens can go: those tokens fail the exp check anyway
                 self._conn.execute("DELETE FROM used_tokens WHERE expires_unix < ?", (now,))
                 self._conn.execute(
@@ -160,16 +170,13 @@ class ApswTokenStore:
                     (jti, int(expires_unix), now),
                 )
                 fresh = self._conn.changes() == 1
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
             return fresh
 
     def purge_expired(self, now_unix: int | None = None) -> int:
-        now = int(time.time()) if now_unix is None else now_unix
+        now = self._clock() if now_unix is None else now_unix
         with self._lock:
-            self._write("DELETE FROM used_tokens WHERE expires_unix < ?", (now,))
+            with self._transaction():
+                self._conn.execute("DELETE FROM used_tokens WHERE expires_unix < ?", (now,))
             return self._conn.changes()
 
     def close(self) -> None:

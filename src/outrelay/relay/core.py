@@ -413,12 +413,7 @@ class RelayCore:
             flow = self._flows.get(fid)
             if flow is None or flow.phase is _Phase.SPLICED:
                 continue  # a splice sees the closed connection itself
-            if flow.conn == conn:
-                actions += self._drop_provider(flow, reset=True)
-            else:
-                flow.provider_stream = None
-                actions += self._close_consumer(flow)
-            self._finish(flow)
+            actions += self._leg_lost(flow, consumer=flow.conn == conn)
         if agent.hello_done:
             self.m_agents.dec()
             if self.local.remove(agent.uri, conn):
@@ -452,16 +447,21 @@ class RelayCore:
                 continue
             for name, local_addr in sorted(agent.services.items()):
                 token = self._token("reregister", agent.conn)
-                request = registry_pb2.RegisterServiceRequest(
-                    tenant=agent.identity.tenant,
-                    service_name=name,
-                    agent_uri=agent.uri,
-                    relay_id=self.relay_id,
-                    local_addr=local_addr,
-                )
+                request = self._register_request(agent, name, local_addr)
                 self._reregs[token] = request
                 actions.append(CallController(token, "RegisterService", request))
         return actions
+
+    def _register_request(
+        self, agent: _Agent, service_name: str, local_addr: str
+    ) -> registry_pb2.RegisterServiceRequest:
+        return registry_pb2.RegisterServiceRequest(
+            tenant=agent.identity.tenant,
+            service_name=service_name,
+            agent_uri=agent.uri,
+            relay_id=self.relay_id,
+            local_addr=local_addr,
+        )
 
     def _refuse(self, conn: int, reason: str) -> list[Action]:
         self.m_refused.inc()
@@ -504,16 +504,8 @@ class RelayCore:
         flow = self._streams.get((conn, stream))
         if flow is None or flow.phase is _Phase.SPLICED:
             return []
-        actions: list[Action]
-        if (conn, stream) == (flow.conn, flow.stream):
-            actions = [ResetStream(conn, stream)]
-            actions += self._drop_provider(flow, reset=True)
-        else:
-            actions = [ResetStream(conn, stream)]
-            flow.provider_stream = None
-            actions += self._close_consumer(flow)
-        self._finish(flow)
-        return actions
+        consumer = (conn, stream) == (flow.conn, flow.stream)
+        return [ResetStream(conn, stream), *self._leg_lost(flow, consumer=consumer)]
 
     # -- control stream -----------------------------------------------------
 
@@ -604,13 +596,7 @@ class RelayCore:
                 return []
             agent.busy = True
             token = self._token("register", conn)
-            request = registry_pb2.RegisterServiceRequest(
-                tenant=agent.identity.tenant,
-                service_name=reg.service_name,
-                agent_uri=agent.uri,
-                relay_id=self.relay_id,
-                local_addr=reg.local_addr,
-            )
+            request = self._register_request(agent, reg.service_name, reg.local_addr)
             agent.registering = request
             return [CallController(token, "RegisterService", request)]
         if ftype == FrameType.PING:
@@ -1150,6 +1136,16 @@ class RelayCore:
         """End the flow without a frame: the consumer reads EOF."""
         actions = self._close_consumer(flow)
         actions += self._drop_provider(flow, reset=False)
+        self._finish(flow)
+        return actions
+
+    def _leg_lost(self, flow: _Flow, *, consumer: bool) -> list[Action]:
+        """The consumer's (else the provider's) leg of an unspliced flow is gone: end it."""
+        if consumer:
+            actions = self._drop_provider(flow, reset=True)
+        else:
+            flow.provider_stream = None
+            actions = self._close_consumer(flow)
         self._finish(flow)
         return actions
 

@@ -560,7 +560,6 @@ class Relay:
     async def _audit_sender(self) -> None:
         """Send queued audit events; keep them queued while the controller is down."""
         assert self.audit is not None
-        dropped = self.metrics.counter("audit_dropped")
         while True:
             await self._audit_wake.wait()
             self._audit_wake.clear()
@@ -573,7 +572,7 @@ class Relay:
                         self.audit.requeue(batch)  # sent again when the controller is back
                         self._controller_failed(exc)
                     else:
-                        dropped.add(len(batch))
+                        self.audit.dropped.add(len(batch))
                     log.warning("audit send failed", extra=kv(n=len(batch), err=exc.reason))
                 else:
                     self._controller_ok()

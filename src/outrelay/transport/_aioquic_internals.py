@@ -254,10 +254,6 @@ class FlowControlledConnection(QuicConnection):
         stream = self._streams.get(stream_id)
         return stream is not None and stream.sender._reset_error_code is not None
 
-    def stream_known(self, stream_id: int) -> bool:
-        """True while aioquic still holds state for ``stream_id``."""
-        return stream_id in self._streams
-
 
 # -- the tripwire --------------------------------------------------------
 

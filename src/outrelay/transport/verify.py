@@ -141,7 +141,7 @@ def verify_client(
             ``require_uri``) the URI SAN check failed; ``tls_alert`` says which.
     """
     if leaf is None:
-        raise CertificateRequired("client presented no certificate", tls_alert=116)
+        raise CertificateRequired("client presented no certificate")
     when = now or dt.datetime.now(dt.UTC)
     verifier = (
         verification.PolicyBuilder()
@@ -174,7 +174,7 @@ def verify_server(
         PeerVerificationError: chain, validity, name or ``serverAuth`` usage failed.
     """
     if leaf is None:
-        raise CertificateRequired("server presented no certificate", tls_alert=116)
+        raise CertificateRequired("server presented no certificate")
     subject: verification.Subject
     try:
         subject = verification.IPAddress(ipaddress.ip_address(server_name))
