@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from outrelay.controller.store import Store
@@ -39,49 +40,31 @@ def time_per_call(fn: object, n: int) -> float:
     return statistics.median(runs)
 
 
+#: kind -> (target pattern of rule ``i``, the target decided among ``n`` rules)
+POLICY_SHAPES: dict[str, tuple[Callable[[int], str], Callable[[int], str]]] = {
+    "exact": (lambda i: f"svc-{i}", lambda n: f"svc-{n // 2}"),
+    "wildcard": (lambda i: f"svc-{i}-*", lambda n: f"svc-{n - 1}-x"),
+    # no literal prefix: every rule shares one group, scanned in order
+    "leading*": (lambda i: f"*.svc-{i}", lambda n: f"x.svc-{n - 1}"),
+}
+
+
 def bench_policy(sizes: list[int]) -> list[tuple[str, int, float]]:
     rows = []
-    for kind in ("exact", "wildcard", "leading*"):
+    for kind, (pattern, target_of) in POLICY_SHAPES.items():
         for size in sizes:
-            if kind == "exact":
-                rules = [
-                    Rule(
-                        f"r{i}",
-                        "acme",
-                        "outrelay://acme/*",
-                        f"svc-{i}",
-                        verdict=Verdict.ALLOW,
-                        created_at_unix_ms=i,
-                    )
-                    for i in range(size)
-                ]
-                target = f"svc-{size // 2}"
-            elif kind == "wildcard":
-                rules = [
-                    Rule(
-                        f"r{i}",
-                        "acme",
-                        "outrelay://acme/*",
-                        f"svc-{i}-*",
-                        verdict=Verdict.ALLOW,
-                        created_at_unix_ms=i,
-                    )
-                    for i in range(size)
-                ]
-                target = f"svc-{size - 1}-x"
-            else:  # no literal prefix: every rule shares one group, scanned in order
-                rules = [
-                    Rule(
-                        f"r{i}",
-                        "acme",
-                        "outrelay://acme/*",
-                        f"*.svc-{i}",
-                        verdict=Verdict.ALLOW,
-                        created_at_unix_ms=i,
-                    )
-                    for i in range(size)
-                ]
-                target = f"x.svc-{size - 1}"
+            rules = [
+                Rule(
+                    f"r{i}",
+                    "acme",
+                    "outrelay://acme/*",
+                    pattern(i),
+                    verdict=Verdict.ALLOW,
+                    created_at_unix_ms=i,
+                )
+                for i in range(size)
+            ]
+            target = target_of(size)
             engine = PolicyEngine(rules)
             decision = engine.decide("acme", CALLER, target, "", 0)
             assert decision.allowed, (kind, size, decision)

@@ -392,14 +392,15 @@ async def client_main(args: argparse.Namespace) -> None:
                 await asyncio.wait_for(one_open(peer), 10)
                 done += 1
 
+        measure = concurrency == 1  # CPU and datagrams per open: the 1-client loop only
         pids = {"relay": args.server_pid, "provider": args.provider_pid, "client": os.getpid()}
-        cpu0 = {name: _cpu_s(pid) for name, pid in pids.items() if pid}
-        udp0 = _udp_out()
+        cpu0 = {name: _cpu_s(pid) for name, pid in pids.items() if pid} if measure else {}
+        udp0 = _udp_out() if measure else 0
         t0 = time.perf_counter()
         end = t0 + args.open_seconds
         await asyncio.gather(*(worker(peers[i % len(peers)], end) for i in range(concurrency)))
         results[f"opens_{concurrency}"] = done / (time.perf_counter() - t0)
-        if concurrency == 1 and done:
+        if measure and done:
             results["udp_per_open"] = (_udp_out() - udp0) / done
             # CPU per open of each process: where an open's time goes
             for name, before in cpu0.items():

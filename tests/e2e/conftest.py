@@ -8,6 +8,10 @@ CLI with the admin leaf, read the relay's metrics and processes' VmRSS, and
 dial :class:`~outrelay.relay.testing.ProbeAgent` s. Every process is killed
 by PID when the module ends; every wait has a deadline.
 
+``ctl`` (one per test module) is a controller process alone, for tests that
+start their own relays; :func:`dial` gives a dev-bundle probe agent past HELLO
+on such a relay and :func:`debug_metrics` reads any process's metrics.
+
 ``echo_backend`` is a threaded TCP echo server that half-closes after EOF.
 """
 
@@ -32,7 +36,7 @@ from typing import Any, TypeVar
 import pytest
 
 from outrelay.agent import testing
-from outrelay.childproc import child_env
+from outrelay.childproc import ComponentProcess, child_env
 from outrelay.controller.testing import ControllerProcess, dev_pki
 from outrelay.orp import FrameType
 from outrelay.relay.testing import ProbeAgent, RelayProcess, close_all
@@ -52,19 +56,30 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
     return result
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def vm_rss(pid: int) -> int:
     """Resident set size of ``pid`` in bytes (``VmRSS`` of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise LookupError(f"no VmRSS for {pid}")
+
+
+def debug_metrics(proc: ComponentProcess) -> dict[str, Any]:
+    """The ``/debug/metrics`` snapshot of a process started with ``--debug-listen``."""
+    url = f"http://{proc.addresses['debug']}/debug/metrics"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+async def dial(relay: RelayProcess, pki: Path, who: str) -> ProbeAgent:
+    """A :class:`ProbeAgent` with the dev bundle's ``agent-<who>`` leaf, past HELLO."""
+    agent = await ProbeAgent.dial(
+        relay.quic, pki / f"agent-{who}.crt", pki / f"agent-{who}.key", pki / "ca.crt"
+    )
+    assert (await agent.hello()).type == FrameType.HELLO_ACK
+    return agent
 
 
 def run_async(coro_fn: Callable[[], Awaitable[T]], limit: float = 30.0) -> T:
@@ -197,11 +212,7 @@ class Stack:
     def metrics(self) -> dict[str, Any]:
         """The relay's ``/debug/metrics`` snapshot."""
         assert self.relay is not None
-        url = f"http://{self.relay.addresses['debug']}/debug/metrics"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=5) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
+        return debug_metrics(self.relay)
 
     async def probe(self, who: str = "") -> ProbeAgent:
         """A :class:`ProbeAgent` past HELLO (identity ``who``, default a fresh one)."""
@@ -221,6 +232,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s.start()
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    """A controller process alone (dev PKI in ``<work>/pki``) for one test module."""
+    work = tmp_path_factory.mktemp("ctl")
+    proc = ControllerProcess(work, dev_pki(work / "pki"))
+    try:
+        yield proc.start()
+    finally:
+        proc.kill()
 
 
 class _EchoHandler(socketserver.BaseRequestHandler):

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from outrelay.agent.testing import free_port
 from outrelay.orp import FrameType
 from outrelay.proto import orp_pb2
 
-from .conftest import AgentProcess, Stack, exchange, free_port, run_async, wait_for
+from .conftest import AgentProcess, Stack, exchange, run_async, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

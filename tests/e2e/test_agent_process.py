@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from outrelay.agent import Agent, AgentConfig, StreamRejected
-from outrelay.agent.testing import AgentProcess
+from outrelay.agent.testing import AgentProcess, free_port
 from outrelay.childproc import ComponentProcess
 from outrelay.controller.testing import ControllerProcess, dev_pki
 from outrelay.proto import policy_pb2 as pp
 from outrelay.proto import policy_pb2_grpc as pg
 from outrelay.relay.testing import RelayProcess
 
-from .conftest import exchange, free_port
+from .conftest import exchange
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,13 @@ from click.testing import CliRunner
 
 from outrelay.cli import cli
 from outrelay.cli.ops import follow_events
-from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.controller.testing import ControllerProcess
 from outrelay.proto import audit_pb2 as ap
 from outrelay.proto import audit_pb2_grpc as ag
 from outrelay.proto import registry_pb2 as rp
 from outrelay.proto import registry_pb2_grpc as rg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
-    work = tmp_path_factory.mktemp("cli")
-    proc = ControllerProcess(work, dev_pki(work / "pki"))
-    try:
-        yield proc.start()
-    finally:
-        proc.kill()
 
 
 def run(ctl: ControllerProcess, *args: str, role: str = "admin") -> Any:

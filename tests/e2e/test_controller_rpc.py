@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.request
@@ -25,6 +24,8 @@ from outrelay.proto import policy_pb2 as pp
 from outrelay.proto import policy_pb2_grpc as pg
 from outrelay.proto import registry_pb2 as rp
 from outrelay.proto import registry_pb2_grpc as rg
+
+from .conftest import debug_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -107,12 +108,6 @@ def rule(**kw: Any) -> pp.PolicyRule:
     base: dict[str, Any] = dict(tenant=T, caller_pattern="*", target_pattern="*", decision=1)
     base.update(kw)
     return pp.PolicyRule(**base)
-
-
-def metrics(ctl: ControllerProcess) -> dict[str, Any]:
-    url = f"http://{ctl.addresses['debug']}/debug/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
 # -- registry -------------------------------------------------------------
@@ -331,7 +326,7 @@ def test_slow_watcher_is_cut_off_others_unharmed(
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
     time.sleep(0.3)  # both watchers registered (no snapshot to wait for)
-    before = metrics(ctl)["counters"].get("registry_watchers_dropped_total", 0)
+    before = debug_metrics(ctl)["counters"].get("registry_watchers_dropped_total", 0)
     blob = "x" * 65536
     sent = 0
     deadline = time.monotonic() + 45
@@ -349,7 +344,7 @@ def test_slow_watcher_is_cut_off_others_unharmed(
         sent += 1
         if (
             sent % 20 == 0
-            and metrics(ctl)["counters"].get("registry_watchers_dropped_total", 0) > before
+            and debug_metrics(ctl)["counters"].get("registry_watchers_dropped_total", 0) > before
         ):
             break
     else:
@@ -525,7 +520,7 @@ def test_audit_record_batch_query(
     ctl: ControllerProcess, admin_of: Callable[[str], grpc.Channel], relay: grpc.Channel
 ) -> None:
     aud = ag.AuditStub(relay)
-    before = metrics(ctl)["counters"].get("audit_events_total", 0)
+    before = debug_metrics(ctl)["counters"].get("audit_events_total", 0)
     aud.Record(
         ap.RecordAuditRequest(
             event=ap.AuditEvent(
@@ -556,7 +551,7 @@ def test_audit_record_batch_query(
         timeout=5,
     ).recorded
     assert n == 2
-    assert metrics(ctl)["counters"]["audit_events_total"] == before + 3
+    assert debug_metrics(ctl)["counters"]["audit_events_total"] == before + 3
     q = ag.AuditStub(admin_of("aud"))
     rows = list(q.Query(ap.QueryAuditRequest(tenant="aud"), timeout=5))
     assert [r.caller for r in rows] == ["c1", "c2", "c1"]  # newest first (ts 0 = now)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import time
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -32,26 +30,16 @@ from outrelay.relay.testing import (
     ProbeAgent,
     ProbeStream,
     RelayProcess,
-    close_all,
     echo_provider,
 )
 from outrelay.transport import HandshakeError
 
+from .conftest import debug_metrics
+from .conftest import run_async as run
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-T = TypeVar("T")
 TENANT = "acme"
-
-
-def run(coro_fn: Callable[[], Awaitable[T]], limit: float = 30.0) -> T:
-    async def bounded() -> T:
-        try:
-            async with asyncio.timeout(limit):
-                return await coro_fn()
-        finally:
-            await close_all()
-
-    return asyncio.run(bounded())
 
 
 @dataclass
@@ -116,10 +104,7 @@ class Env:
         )
 
     def metrics(self) -> dict[str, Any]:
-        url = f"http://{self.relay.addresses['debug']}/debug/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
+        return debug_metrics(self.relay)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,9 @@ from outrelay.orp import HEADER_SIZE, FrameType, decode_header
 from outrelay.proto import orp_pb2
 from outrelay.proto import policy_pb2 as pp
 from outrelay.proto import policy_pb2_grpc as pg
-from outrelay.relay.testing import ProbeAgent, ProbeStream, RelayProcess, close_all, echo_provider
+from outrelay.relay.testing import ProbeStream, RelayProcess, close_all, echo_provider
+
+from .conftest import debug_metrics, dial
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -26,13 +26,6 @@ TENANT = "acme"
 PROPAGATION_S = 1.0
 #: How long the controller stays down.
 OUTAGE_S = 3.0
-
-
-def _metrics(relay: RelayProcess) -> dict[str, Any]:
-    url = f"http://{relay.addresses['debug']}/debug/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
-        return data
 
 
 async def _roundtrip(stream: ProbeStream, data: bytes) -> None:
@@ -83,17 +76,10 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
         async def main() -> None:
             nonlocal restarted
             try:
-                ca = pki / "ca.crt"
-                provider = await ProbeAgent.dial(
-                    relay.quic, pki / "agent-provider.crt", pki / "agent-provider.key", ca
-                )
-                assert (await provider.hello()).type == FrameType.HELLO_ACK
+                provider = await dial(relay, pki, "provider")
                 assert (await provider.register("svc-out")).type == FrameType.REGISTER_ACK
                 task = asyncio.create_task(echo_provider(provider))
-                consumer = await ProbeAgent.dial(
-                    relay.quic, pki / "agent-consumer.crt", pki / "agent-consumer.key", ca
-                )
-                assert (await consumer.hello()).type == FrameType.HELLO_ACK
+                consumer = await dial(relay, pki, "consumer")
                 flowing = consumer.open("svc-out")
                 await _roundtrip(flowing, b"before the outage")
 
@@ -103,7 +89,7 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
                 await asyncio.to_thread(ctl.proc.wait, 10)
                 # the stream keeps flowing while the relay notices the outage
                 await _until(
-                    lambda: _metrics(relay)["gauges"]["controller_up"] == 0,
+                    lambda: debug_metrics(relay)["gauges"]["controller_up"] == 0,
                     "relay noticed the outage",
                     10.0,
                     step=flowing,
@@ -119,7 +105,7 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
                 # the controller (local-first); nothing stale needs serving
                 fresh = consumer.open("svc-out")
                 await _roundtrip(fresh, b"new stream during the outage")
-                assert _metrics(relay)["gauges"]["controller_up"] == 0
+                assert debug_metrics(relay)["gauges"]["controller_up"] == 0
 
                 # restart on the same port and database
                 restarted = ControllerProcess(
@@ -158,7 +144,7 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
                 # streams opened before the change are not cut
                 await _roundtrip(flowing, b"after the restart")
                 await _roundtrip(fresh, b"still here")
-                m = _metrics(relay)
+                m = debug_metrics(relay)
                 assert m["gauges"]["controller_up"] == 1
                 assert m["counters"]["controller_outages"] == 1
                 task.cancel()

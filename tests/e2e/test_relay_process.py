@@ -6,28 +6,19 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.controller.testing import ControllerProcess
 from outrelay.orp import FrameType
 from outrelay.proto import registry_pb2 as rp
 from outrelay.proto import registry_pb2_grpc as rg
-from outrelay.relay.testing import ProbeAgent, RelayProcess, close_all, echo_provider
+from outrelay.relay.testing import RelayProcess, close_all, echo_provider
+
+from .conftest import dial
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
-    work = tmp_path_factory.mktemp("relayproc")
-    proc = ControllerProcess(work, dev_pki(work / "pki"))
-    try:
-        yield proc.start()
-    finally:
-        proc.kill()
 
 
 def _relay(ctl: ControllerProcess, *args: str, controller: str | None = None) -> RelayProcess:
@@ -51,17 +42,10 @@ def test_no_policy_splice_then_sigterm_deregisters(ctl: ControllerProcess) -> No
 
         async def main() -> None:
             try:
-                ca = pki / "ca.crt"
-                provider = await ProbeAgent.dial(
-                    relay.quic, pki / "agent-provider.crt", pki / "agent-provider.key", ca
-                )
-                assert (await provider.hello()).type == FrameType.HELLO_ACK
+                provider = await dial(relay, pki, "provider")
                 assert (await provider.register("svc-echo")).type == FrameType.REGISTER_ACK
                 task = asyncio.create_task(echo_provider(provider))
-                consumer = await ProbeAgent.dial(
-                    relay.quic, pki / "agent-consumer.crt", pki / "agent-consumer.key", ca
-                )
-                assert (await consumer.hello()).type == FrameType.HELLO_ACK
+                consumer = await dial(relay, pki, "consumer")
                 stream = consumer.open("svc-echo")
                 stream.write(b"hello via relay")
                 assert await stream.read_exactly(15, timeout=3) == b"hello via relay"
@@ -86,13 +70,7 @@ def test_sigterm_deregisters_connected_agents(ctl: ControllerProcess) -> None:
 
         async def main() -> None:
             try:
-                agent = await ProbeAgent.dial(
-                    relay.quic,
-                    pki / "agent-provider.crt",
-                    pki / "agent-provider.key",
-                    pki / "ca.crt",
-                )
-                assert (await agent.hello()).type == FrameType.HELLO_ACK
+                agent = await dial(relay, pki, "provider")
                 assert (await agent.register("svc-stop")).type == FrameType.REGISTER_ACK
                 assert reg.Resolve(req, timeout=5).providers
                 stopped = await asyncio.to_thread(relay.stop)

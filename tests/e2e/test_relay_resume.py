@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.controller.testing import ControllerProcess
 from outrelay.orp import FrameType
 from outrelay.proto import orp_pb2
-from outrelay.relay.testing import ProbeAgent, ProbeStream, RelayProcess, close_all
+from outrelay.relay.testing import ProbeStream, RelayProcess, close_all
+
+from .conftest import debug_metrics, dial
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 SID = 0x0123456789ABCDEF
-
-
-@pytest.fixture(scope="module")
-def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
-    work = tmp_path_factory.mktemp("resume")
-    proc = ControllerProcess(work, dev_pki(work / "pki"))
-    try:
-        yield proc.start()
-    finally:
-        proc.kill()
 
 
 def _relay(ctl: ControllerProcess, name: str, *args: str) -> RelayProcess:
@@ -43,21 +30,6 @@ def _relay(ctl: ControllerProcess, name: str, *args: str) -> RelayProcess:
         args=["--relay-id", "r1", *args],
         name=f"{name}-{time.monotonic_ns()}",
     )
-
-
-def _metrics(relay: RelayProcess) -> dict[str, Any]:
-    url = f"http://{relay.addresses['debug']}/debug/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
-        return data
-
-
-async def _dial(relay: RelayProcess, pki: Path, who: str) -> ProbeAgent:
-    agent = await ProbeAgent.dial(
-        relay.quic, pki / f"agent-{who}.crt", pki / f"agent-{who}.key", pki / "ca.crt"
-    )
-    assert (await agent.hello()).type == FrameType.HELLO_ACK
-    return agent
 
 
 async def _echo_of(stream: ProbeStream) -> tuple[int, int, int]:
@@ -76,9 +48,9 @@ def test_resume_on_a_new_relay_after_sigkill(ctl: ControllerProcess) -> None:
 
         async def main() -> None:
             try:
-                provider = await _dial(first, pki, "provider")
+                provider = await dial(first, pki, "provider")
                 assert (await provider.register("svc-resume")).type == FrameType.REGISTER_ACK
-                consumer = await _dial(first, pki, "consumer")
+                consumer = await dial(first, pki, "consumer")
                 cs = consumer.open("svc-resume", stream_id=SID)
                 ps = await asyncio.wait_for(provider.incoming.get(), 5)
                 assert (await ps.read_frame()).type == FrameType.INCOMING_STREAM
@@ -92,9 +64,9 @@ def test_resume_on_a_new_relay_after_sigkill(ctl: ControllerProcess) -> None:
                 await asyncio.to_thread(second.start)
                 # both agents reconnect (no history on this relay), replay REGISTER,
                 # and resume: consumer sent 6 and got 4, provider the reverse
-                provider2 = await _dial(second, pki, "provider")
+                provider2 = await dial(second, pki, "provider")
                 assert (await provider2.register("svc-resume")).type == FrameType.REGISTER_ACK
-                consumer2 = await _dial(second, pki, "consumer")
+                consumer2 = await dial(second, pki, "consumer")
                 rc = consumer2.resume(SID, 6, 4)
                 rp = provider2.resume(SID, 4, 6)
                 assert await _echo_of(rc) == (SID, 4, 6)
@@ -107,7 +79,7 @@ def test_resume_on_a_new_relay_after_sigkill(ctl: ControllerProcess) -> None:
                 assert await rp.read_to_eof() == b""
                 rp.write(b"", fin=True)
                 assert await rc.read_to_eof() == b""
-                m = _metrics(second)
+                m = debug_metrics(second)
                 assert m["counters"]["resume_matched"] == 1
                 assert m["gauges"]["resume_pending"] == 0
             finally:
@@ -128,7 +100,7 @@ def test_lone_half_rejected_within_window_plus_one_second(ctl: ControllerProcess
 
         async def main() -> None:
             try:
-                agent = await _dial(relay, pki, "consumer")
+                agent = await dial(relay, pki, "consumer")
                 t0 = time.monotonic()
                 half = agent.resume(SID, 10, 10)
                 frame = await half.read_frame(timeout=5)
@@ -138,7 +110,7 @@ def test_lone_half_rejected_within_window_plus_one_second(ctl: ControllerProcess
                 assert rej.code == 504 and "resume" in rej.reason
                 assert await half.ended()
                 assert 1.0 <= waited <= 2.0, waited
-                m = _metrics(relay)
+                m = debug_metrics(relay)
                 assert m["counters"]["resume_timeouts"] == 1
             finally:
                 await close_all()

@@ -32,6 +32,20 @@ class PKI:
     def anonymous_config(self, **kw: Any) -> TransportConfig:
         return TransportConfig(cert=None, key=None, ca=self.ca.cert_path, **kw)
 
+    def bad_client_config(self, case: str) -> TransportConfig:
+        """A client configuration breaking one rule: ``no_cert``, ``self_signed``,
+        ``other_ca``, ``expired``, ``no_client_auth`` or ``no_uri``."""
+        if case == "no_cert":
+            return self.anonymous_config()
+        leaf = {
+            "self_signed": lambda: self.ca.self_signed(f"bad-{case}"),
+            "other_ca": lambda: self.other_ca.issue(f"bad-{case}"),
+            "expired": lambda: self.ca.expired(f"bad-{case}"),
+            "no_client_auth": lambda: self.ca.without_client_auth(f"bad-{case}"),
+            "no_uri": lambda: self.ca.issue(f"bad-{case}", uri=None),
+        }[case]()
+        return self.client_config(leaf)
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:

@@ -9,6 +9,7 @@ from outrelay.transport import (
     ConnectionClosed,
     HandshakeVerified,
     MiB,
+    OrpConnection,
     SendCapacityAvailable,
     StreamClosedError,
     StreamDataReceived,
@@ -39,6 +40,31 @@ def _quiesce(pair: Pair, seconds: float = 2.0) -> None:
     while pair.now - start < seconds:
         if not pair.step():
             pair.advance()
+
+
+def _deliver(pair: Pair, sender: str) -> int:
+    """Move what ``sender`` has to send to the other side now; the datagram count."""
+    src = pair.client if sender == "client" else pair.server
+    dst, addr = (pair.server, CLIENT_ADDR) if sender == "client" else (pair.client, SERVER_ADDR)
+    datagrams = src.datagrams_to_send(pair.now)
+    for data, _ in datagrams:
+        dst.receive_datagram(data, addr, pair.now)
+    return len(datagrams)
+
+
+def _fire(conn: OrpConnection, now: float) -> None:
+    """Run ``conn``'s timer if it is due at ``now``."""
+    timer = conn.get_timer()
+    if timer is not None and timer <= now:
+        conn.handle_timer(now)
+
+
+def _quiet_pair(pki: PKI) -> Pair:
+    """A verified pair after 100 ms of pumping: nothing left from the handshake to send."""
+    pair = Pair(pki.client_config(), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    _quiesce(pair, 0.1)
+    return pair
 
 
 def test_handshake_verifies_both_sides_and_reads_identity(pki: PKI) -> None:
@@ -73,18 +99,7 @@ def test_client_event_waits_for_server_confirmation(pki: PKI) -> None:
     ],
 )
 def test_bad_client_refused_before_any_stream(pki: PKI, case: str, alert: int) -> None:
-    if case == "no_cert":
-        config = pki.anonymous_config()
-    else:
-        leaf = {
-            "self_signed": lambda: pki.ca.self_signed("ss"),
-            "other_ca": lambda: pki.other_ca.issue("foreign"),
-            "expired": lambda: pki.ca.expired("old"),
-            "no_client_auth": lambda: pki.ca.without_client_auth("srvonly"),
-            "no_uri": lambda: pki.ca.issue("nouri", uri=None),
-        }[case]()
-        config = pki.client_config(leaf)
-    pair = Pair(config, pki.server_config())
+    pair = Pair(pki.bad_client_config(case), pki.server_config())
     # A hostile client pushes stream data as soon as its own TLS side is done,
     # without waiting for confirmation.
     sent = False
@@ -178,45 +193,22 @@ def test_credit_is_advertised_when_half_a_window_is_left(pki: PKI) -> None:
 def test_reply_carries_the_ack(pki: PKI) -> None:
     # A reply sent right away takes the ACK of what it answers with it: no
     # ACK-only packet follows after aioquic's 1 ms ACK delay.
-    pair = Pair(pki.client_config(), pki.server_config())
-    pair.run(lambda: _verified(pair))
-    _quiesce(pair, 0.1)
+    pair = _quiet_pair(pki)
     sid = pair.client.open_stream()
     pair.client.send(sid, b"ping")
-    for data, _ in pair.client.datagrams_to_send(pair.now):
-        pair.server.receive_datagram(data, CLIENT_ADDR, pair.now)
+    _deliver(pair, "client")
     pair.server.send(sid, b"pong")
     (reply,) = pair.server.datagrams_to_send(pair.now)
     pair.client.receive_datagram(reply[0], SERVER_ADDR, pair.now)
     pair.now += 0.005
-    timer = pair.server.get_timer()
-    if timer is not None and timer <= pair.now:
-        pair.server.handle_timer(pair.now)
+    _fire(pair.server, pair.now)
     assert pair.server.datagrams_to_send(pair.now) == []
-
-
-def _deliver(pair: Pair, sender: str) -> int:
-    """Move what ``sender`` has to send to the other side now; the datagram count."""
-    src = pair.client if sender == "client" else pair.server
-    dst, addr = (pair.server, CLIENT_ADDR) if sender == "client" else (pair.client, SERVER_ADDR)
-    datagrams = src.datagrams_to_send(pair.now)
-    for data, _ in datagrams:
-        dst.receive_datagram(data, addr, pair.now)
-    return len(datagrams)
-
-
-def _fire(conn: object, now: float) -> None:
-    timer = conn.get_timer()  # type: ignore[attr-defined]
-    if timer is not None and timer <= now:
-        conn.handle_timer(now)  # type: ignore[attr-defined]
 
 
 def test_lone_packet_ack_waits_for_the_next_packet(pki: PKI) -> None:
     # A lone ack-eliciting packet is acknowledged within LONE_ACK_DELAY, not
     # after 1 ms: the next packet the receiver sends anyway carries the ACK.
-    pair = Pair(pki.client_config(), pki.server_config())
-    pair.run(lambda: _verified(pair))
-    _quiesce(pair, 0.1)
+    pair = _quiet_pair(pki)
     sid = pair.client.open_stream()
     pair.client.send(sid, b"signal")
     assert _deliver(pair, "client") == 1
@@ -232,9 +224,7 @@ def test_lone_packet_ack_waits_for_the_next_packet(pki: PKI) -> None:
 
 
 def test_lone_packet_ack_goes_alone_by_the_deadline(pki: PKI) -> None:
-    pair = Pair(pki.client_config(), pki.server_config())
-    pair.run(lambda: _verified(pair))
-    _quiesce(pair, 0.1)
+    pair = _quiet_pair(pki)
     sid = pair.client.open_stream()
     pair.client.send(sid, b"signal")
     _deliver(pair, "client")
@@ -249,9 +239,7 @@ def test_lone_packet_ack_goes_alone_by_the_deadline(pki: PKI) -> None:
 def test_second_packet_brings_the_ack_back_to_1ms(pki: PKI) -> None:
     # Two ack-eliciting packets: acknowledged as aioquic does, after 1 ms (so
     # a bulk sender's window keeps moving as before).
-    pair = Pair(pki.client_config(), pki.server_config())
-    pair.run(lambda: _verified(pair))
-    _quiesce(pair, 0.1)
+    pair = _quiet_pair(pki)
     sid = pair.client.open_stream()
     for chunk in (b"one", b"two"):
         pair.client.send(sid, chunk)

@@ -85,16 +85,7 @@ def test_mutual_handshake_server_sees_client_uri(pki: PKI) -> None:
     ],
 )
 def test_refused_before_any_stream_is_served(pki: PKI, case: str, alert: int) -> None:
-    if case == "no_cert":
-        config = pki.anonymous_config()
-    else:
-        leaf = {
-            "self_signed": lambda: pki.ca.self_signed(f"ss-{case}"),
-            "other_ca": lambda: pki.other_ca.issue(f"foreign-{case}"),
-            "expired": lambda: pki.ca.expired(f"old-{case}"),
-            "no_client_auth": lambda: pki.ca.without_client_auth(f"srv-{case}"),
-        }[case]()
-        config = pki.client_config(leaf)
+    config = pki.bad_client_config(case)
 
     async def main() -> None:
         handled: list[Link] = []
