@@ -12,11 +12,14 @@ Everything here runs on the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import grpc
 
 from outrelay.observe import REGISTRY, Registry, kv
 
@@ -80,6 +83,35 @@ class Hub(Generic[E]):
         self._active.set(len(self._watchers))
         log.debug(f"{self.name}: watcher added", extra=kv(watcher_id=watcher.id, tenant=tenant))
         return watcher
+
+    @contextlib.asynccontextmanager
+    async def subscription(
+        self,
+        tenant: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        accept: Callable[[E], bool] = lambda _e: True,
+    ) -> AsyncIterator[Watcher[E]]:
+        """One Watch RPC's watcher, unregistered when the block ends.
+
+        Ends the RPC with UNAVAILABLE when the hub is closed (now or while
+        streaming) and with RESOURCE_EXHAUSTED when the watcher was dropped.
+        """
+        try:
+            watcher = self.add(tenant, accept)
+        except HubClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            yield watcher
+        except WatcherDropped as exc:
+            log.warning(
+                f"{self.name}: watcher dropped (slow consumer)",
+                extra=kv(watcher_id=watcher.id, tenant=tenant),
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except HubClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        finally:
+            self.remove(watcher)
 
     def remove(self, watcher: Watcher[E]) -> None:
         """Unregister (idempotent)."""

@@ -26,7 +26,7 @@ from outrelay.controller.base import (
     rpc_errors,
     stream_errors,
 )
-from outrelay.controller.hub import Hub, HubClosed, WatcherDropped
+from outrelay.controller.hub import Hub
 from outrelay.controller.store import now_ms
 from outrelay.observe import REGISTRY, kv
 from outrelay.policy import P2PMode, RelayMode, Rule, Verdict
@@ -154,11 +154,7 @@ class PolicyService(pb_grpc.PolicyServicer):
         self, request: pb.WatchPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.PolicyEvent]:
         tenant = require_tenant(request.tenant)
-        try:
-            watcher = self._hub.add(tenant)
-        except HubClosed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        try:
+        async with self._hub.subscription(tenant, context) as watcher:
             # registered first: an add racing the snapshot read is queued, not lost
             rules = await self._db.call(self._db.store.list_policies, tenant)
             log.info(
@@ -172,13 +168,3 @@ class PolicyService(pb_grpc.PolicyServicer):
             yield pb.PolicyEvent(kind=pb.PolicyEvent.POLICY_KIND_SNAPSHOT_END)
             async for event in self._hub.events(watcher):
                 yield event
-        except WatcherDropped as exc:
-            log.warning(
-                "policy: watcher dropped (slow consumer)",
-                extra=kv(watcher_id=watcher.id, tenant=tenant),
-            )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except HubClosed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        finally:
-            self._hub.remove(watcher)

@@ -28,7 +28,7 @@ from outrelay.controller.base import (
     rpc_errors,
     stream_errors,
 )
-from outrelay.controller.hub import Hub, HubClosed, WatcherDropped
+from outrelay.controller.hub import Hub
 from outrelay.controller.store import ListedProvider, ProviderRow, RelayRow, ServiceRow, now_ms
 from outrelay.identity import valid_label
 from outrelay.observe import kv
@@ -223,18 +223,7 @@ class RegistryService(pb_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchEvent]:
         tenant = require_tenant(request.tenant)
         names = frozenset(request.service_names)
-        try:
-            watcher = self._hub.add(tenant, lambda ev: not names or ev[1] in names)
-        except HubClosed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        try:
+        wanted = self._hub.subscription(tenant, context, lambda ev: not names or ev[1] in names)
+        async with wanted as watcher:
             async for _tenant, _name, event in self._hub.events(watcher):
                 yield event
-        except WatcherDropped as exc:
-            log.warning(
-                "registry: watcher dropped (slow consumer)",
-                extra=kv(watcher_id=watcher.id, tenant=tenant),
-            )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except HubClosed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
