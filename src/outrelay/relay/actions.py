@@ -65,8 +65,6 @@ class ResetStream(Action):
     conn: int
     #: QUIC stream id.
     stream: int
-    #: Application error code.
-    code: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +149,14 @@ class StartSplice(Action):
     a: Leg
     #: The provider's stream.
     b: Leg
+
+
+def acked_credit(n: int, skip: int, held: int) -> tuple[int, int]:
+    """Credit for ``n`` newly acknowledged bytes on a destination stream.
+
+    The first ``skip`` of them are bytes someone else wrote there (a frame
+    of the core's), which earn the source nothing; the rest are granted up to
+    the ``held`` bytes forwarded from it. Returns (grant, skip left).
+    """
+    used = min(n, skip)
+    return min(n - used, held), skip - used

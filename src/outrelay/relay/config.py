@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from outrelay.observe.http import parse_hostport
+
 MiB = 1024 * 1024
 
 
@@ -17,10 +19,10 @@ def split_hostport(value: str, what: str) -> tuple[str, int]:
     Raises:
         ConfigError: not of that form.
     """
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--{what}: want HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_hostport(value, default_host="0.0.0.0")
+    except ValueError:
+        raise ConfigError(f"--{what}: want HOST:PORT, got {value!r}") from None
 
 
 @dataclass(frozen=True)

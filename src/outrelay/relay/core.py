@@ -104,6 +104,7 @@ from outrelay.relay.actions import (
     Send,
     StartSplice,
     StopReading,
+    acked_credit,
 )
 from outrelay.relay.audit import AuditQueue, audit_event, tenant_of
 from outrelay.relay.cache import RESOLVE_TTL_S, DecisionCache, ResolveCache
@@ -214,8 +215,6 @@ class _Agent:
     hello_done: bool = False
     refused: bool = False
     control_done: bool = False
-    #: a REGISTER is at the controller: later control input waits
-    busy: bool = False
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     queued: deque[Frame] = field(default_factory=deque)
     held_control: bytearray = field(default_factory=bytearray)
@@ -228,6 +227,11 @@ class _Agent:
     #: desired registrations of this connection: service name -> local_addr
     services: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def busy(self) -> bool:
+        """A REGISTER is at the controller: later control input waits."""
+        return self.registering is not None
+
 
 @dataclass(eq=False, slots=True)
 class _Flow:
@@ -235,6 +239,8 @@ class _Flow:
     conn: int
     stream: int
     consumer_uri: str
+    #: the consumer's tenant (from its verified identity)
+    tenant: str
     started: float
     phase: _Phase = _Phase.OPENING
     opening: _Opening = field(default_factory=_Opening)
@@ -244,6 +250,8 @@ class _Flow:
     pending: bytearray = field(default_factory=bytearray)
     fin: bool = False
     request: orp_pb2.OpenStream | None = None
+    #: combined P2P mode and the caller-side relay mode (recorded; P2P and
+    #: forward mode are not built, relay.md)
     p2p_mode: P2PMode = P2PMode.ALLOWED
     relay_mode: RelayMode = RelayMode.SPLICE
     provider_uri: str = ""
@@ -318,12 +326,12 @@ class RelayCore:
         self.resolved: ResolveCache[list[registry_pb2.Provider]] = ResolveCache(resolve_ttl)
         #: (tenant, agent URI) whose DeregisterAgent failed for want of a controller
         self._deregs: set[tuple[str, str]] = set()
-        self._dereg_tokens: dict[int, tuple[str, str]] = {}
-        self._reregs: dict[int, registry_pb2.RegisterServiceRequest] = {}
         self._agents: dict[int, _Agent] = {}
         self._flows: dict[int, _Flow] = {}
         self._streams: dict[tuple[int, int], _Flow] = {}
-        self._tokens: dict[int, tuple[str, int, int]] = {}
+        #: controller call or provider stream open in progress: token ->
+        #: (kind, agent conn or flow id, what the answer needs: see ``_token``)
+        self._tokens: dict[int, tuple[str, int, Any]] = {}
         self._next_token = 1
         self._next_flow = 1
         m = metrics
@@ -422,8 +430,7 @@ class RelayCore:
         return actions
 
     def _deregister(self, tenant: str, uri: str) -> CallController:
-        token = self._token("deregister", 0)
-        self._dereg_tokens[token] = (tenant, uri)
+        token = self._token("deregister", 0, (tenant, uri))
         request = registry_pb2.DeregisterAgentRequest(
             tenant=tenant, agent_uri=uri, relay_id=self.relay_id
         )
@@ -446,9 +453,8 @@ class RelayCore:
             if not agent.hello_done or self.local.get(agent.uri) != agent.conn:
                 continue
             for name, local_addr in sorted(agent.services.items()):
-                token = self._token("reregister", agent.conn)
                 request = self._register_request(agent, name, local_addr)
-                self._reregs[token] = request
+                token = self._token("reregister", agent.conn, request)
                 actions.append(CallController(token, "RegisterService", request))
         return actions
 
@@ -594,7 +600,6 @@ class RelayCore:
             except OrpError as exc:
                 log.warning("bad REGISTER", extra=kv(agent=agent.uri, err=str(exc)))
                 return []
-            agent.busy = True
             token = self._token("register", conn)
             request = self._register_request(agent, reg.service_name, reg.local_addr)
             agent.registering = request
@@ -644,7 +649,10 @@ class RelayCore:
 
     # -- controller results -------------------------------------------------
 
-    def _token(self, kind: str, ref: int, extra: int = 0) -> int:
+    def _token(self, kind: str, ref: int, extra: Any = None) -> int:
+        """A token for one pending call; ``extra`` is kept for its answer:
+        (tenant, URI) for ``deregister``, the request for ``reregister``, the
+        provider's conn for ``open``."""
         token = self._next_token
         self._next_token += 1
         self._tokens[token] = (kind, ref, extra)
@@ -657,8 +665,6 @@ class RelayCore:
             return []
         kind, ref, _ = entry
         if kind in ("deregister", "reregister"):
-            self._dereg_tokens.pop(token, None)
-            self._reregs.pop(token, None)
             return []
         if kind == "register":
             agent = self._agents.get(ref)
@@ -673,13 +679,12 @@ class RelayCore:
         providers = list(response.providers)
         req = flow.request
         assert req is not None
-        key = (tenant_of(flow.consumer_uri), req.target_service)
+        key = (flow.tenant, req.target_service)
         self.resolved.put(key, providers, self.clock())
         return self._resolved(flow, providers)
 
     def _registered(self, agent: _Agent, service_id: str) -> list[Action]:
         request, agent.registering = agent.registering, None
-        agent.busy = False
         if request is not None:
             agent.services[request.service_name] = request.local_addr
             self.local.provide(request.tenant, request.service_name, agent.uri)
@@ -694,16 +699,16 @@ class RelayCore:
         entry = self._tokens.pop(token, None)
         if entry is None:
             return []
-        kind, ref, _ = entry
+        kind, ref, extra = entry
         transient = error.status in TRANSIENT
         if kind == "deregister":
-            tenant, uri = self._dereg_tokens.pop(token)
+            tenant, uri = extra
             if transient and uri not in self.local:
                 self.m_deferred.inc()
                 self._deregs.add((tenant, uri))  # sent again by controller_back
             return []
         if kind == "reregister":
-            retried = self._reregs.pop(token)
+            retried: registry_pb2.RegisterServiceRequest = extra
             agent = self._agents.get(ref)
             if not transient and agent is not None:
                 log.warning(
@@ -729,7 +734,6 @@ class RelayCore:
                 )
                 return self._registered(agent, f"{request.tenant}/{request.service_name}")
             agent.registering = None
-            agent.busy = False
             refusal = register_refusal(error)
             log.warning(
                 "register rejected",
@@ -743,7 +747,7 @@ class RelayCore:
         if flow is None or flow.phase is not _Phase.RESOLVING:
             return []
         if transient and flow.request is not None:
-            key = (tenant_of(flow.consumer_uri), flow.request.target_service)
+            key = (flow.tenant, flow.request.target_service)
             stale = self.resolved.stale(key, self.clock())
             if stale is not None:
                 self.m_stale.inc()
@@ -799,11 +803,7 @@ class RelayCore:
         flow = self._streams.get((conn, stream))
         if flow is None or flow.phase is not _Phase.ANSWER or stream != flow.provider_stream:
             return []
-        if flow.skip:
-            used = min(n, flow.skip)
-            flow.skip -= used
-            n -= used
-        n = min(n, flow.early)
+        n, flow.skip = acked_credit(n, flow.skip, flow.early)
         if n <= 0:
             return []
         flow.early -= n
@@ -829,7 +829,9 @@ class RelayCore:
     # -- OPEN_STREAM flow ---------------------------------------------------
 
     def _new_flow(self, agent: _Agent, stream: int, data: bytes, fin: bool) -> list[Action]:
-        flow = _Flow(self._next_flow, agent.conn, stream, agent.uri, self.clock())
+        flow = _Flow(
+            self._next_flow, agent.conn, stream, agent.uri, agent.identity.tenant, self.clock()
+        )
         self._next_flow += 1
         self._flows[flow.id] = flow
         self._streams[(agent.conn, stream)] = flow
@@ -909,7 +911,7 @@ class RelayCore:
             if not decision.allowed:
                 return self._reject(flow, Denied("denied: " + decision.reason))
             flow.p2p_mode, flow.relay_mode = decision.p2p_mode, decision.relay_mode
-        tenant = tenant_of(flow.consumer_uri)
+        tenant = flow.tenant
         # Local-first: an agent connected here registered the service (we sent
         # its REGISTER_ACK), so the controller's answer would name it too; the
         # controller is asked only when there is none (docs/relay.md).
@@ -927,9 +929,7 @@ class RelayCore:
         req = flow.request
         assert req is not None
         try:
-            chosen = self.chooser.choose(
-                tenant_of(flow.consumer_uri), req.target_service, providers
-            )
+            chosen = self.chooser.choose(flow.tenant, req.target_service, providers)
         except NotFound as exc:
             return self._reject(flow, exc)
         return self._to_provider(flow, chosen)
@@ -1016,7 +1016,7 @@ class RelayCore:
                 msg = decode_message(frame, FrameType.MIGRATE_TO_RELAY, orp_pb2.MigrateToRelay)
         except OrpError:
             return self._end(flow)
-        tenant = tenant_of(flow.consumer_uri)
+        tenant = flow.tenant
         half = Half(
             flow.id,
             tenant,
@@ -1124,17 +1124,11 @@ class RelayCore:
                 "stream rejected",
                 extra=kv(consumer=flow.consumer_uri, code=err.code, reason=err.reason),
             )
-        actions = self._credit(flow)
-        actions.append(Send(flow.conn, flow.stream, reject_frame(err), fin=True))
-        if not flow.fin:
-            actions.append(StopReading(flow.conn, flow.stream))
-        actions += self._drop_provider(flow, reset=False)
-        self._finish(flow)
-        return actions
+        return self._end(flow, reject_frame(err))
 
-    def _end(self, flow: _Flow) -> list[Action]:
-        """End the flow without a frame: the consumer reads EOF."""
-        actions = self._close_consumer(flow)
+    def _end(self, flow: _Flow, last: bytes = b"") -> list[Action]:
+        """End the flow: the consumer reads ``last`` (a frame, or nothing), then EOF."""
+        actions = self._close_consumer(flow, last)
         actions += self._drop_provider(flow, reset=False)
         self._finish(flow)
         return actions
@@ -1149,9 +1143,9 @@ class RelayCore:
         self._finish(flow)
         return actions
 
-    def _close_consumer(self, flow: _Flow) -> list[Action]:
+    def _close_consumer(self, flow: _Flow, last: bytes = b"") -> list[Action]:
         actions = self._credit(flow)
-        actions.append(Send(flow.conn, flow.stream, b"", fin=True))
+        actions.append(Send(flow.conn, flow.stream, last, fin=True))
         if not flow.fin:
             actions.append(StopReading(flow.conn, flow.stream))
         return actions

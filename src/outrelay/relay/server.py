@@ -395,8 +395,8 @@ class Relay:
             link.stop_stream(action.stream, action.code)
         elif kind is ResetStream:
             assert isinstance(action, ResetStream)
-            link.reset_stream(action.stream, action.code or SPLICE_ABORTED)
-            link.stop_stream(action.stream, action.code or SPLICE_ABORTED)
+            link.reset_stream(action.stream, SPLICE_ABORTED)
+            link.stop_stream(action.stream, SPLICE_ABORTED)
         elif kind is CloseConnection:
             assert isinstance(action, CloseConnection)
             link.close(action.code, action.reason)

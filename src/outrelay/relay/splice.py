@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from outrelay.observe import REGISTRY, Registry
+from outrelay.relay.actions import acked_credit
 from outrelay.transport.errors import TransportError
 
 log = logging.getLogger("outrelay.relay")
@@ -154,8 +155,7 @@ class Splice:
         except TransportError:
             # the destination cannot take more (reset by its peer, closing):
             # nothing more can flow this way, tell the source to stop
-            self._release(d)
-            d.done = True
+            self._stop(d)
             self._quiet(d.src.stop_stream, d.src_stream, SPLICE_ABORTED)
             self._check_end()
             return
@@ -166,11 +166,7 @@ class Splice:
     def drained(self, leg: LegIO, stream: int, n: int) -> None:
         """The peer of ``leg`` acknowledged ``n`` bytes: grant them to the source."""
         d = self._to(leg, stream)
-        if d.skip:
-            skipped = min(n, d.skip)
-            d.skip -= skipped
-            n -= skipped
-        g = min(n, d.held)
+        g, d.skip = acked_credit(n, d.skip, d.held)
         if g <= 0:
             return
         d.held -= g
@@ -182,8 +178,7 @@ class Splice:
         d = self._from(leg, stream)
         if d.done:
             return
-        self._release(d)
-        d.done = True
+        self._stop(d)
         self._quiet(d.dst.reset_stream, d.dst_stream, code)
         self._check_end()
 
@@ -192,8 +187,7 @@ class Splice:
         d = self._to(leg, stream)
         if d.done:
             return
-        self._release(d)
-        d.done = True
+        self._stop(d)
         self._quiet(d.src.stop_stream, d.src_stream, code)
         self._check_end()
 
@@ -201,8 +195,7 @@ class Splice:
         """A leg's connection is gone: abort the other leg both ways and end."""
         other, other_stream = (self.b, self.b_stream) if leg is self.a else (self.a, self.a_stream)
         for d in (self.ab, self.ba):
-            self._release(d)
-            d.done = True
+            self._stop(d)
         self._quiet(other.reset_stream, other_stream, SPLICE_ABORTED)
         self._quiet(other.stop_stream, other_stream, SPLICE_ABORTED)
         self._check_end()
@@ -210,8 +203,7 @@ class Splice:
     def abort(self) -> None:
         """Tear both legs down (relay shutting down)."""
         for d in (self.ab, self.ba):
-            self._release(d)
-            d.done = True
+            self._stop(d)
         for leg, stream in ((self.a, self.a_stream), (self.b, self.b_stream)):
             self._quiet(leg.reset_stream, stream, SPLICE_ABORTED)
             self._quiet(leg.stop_stream, stream, SPLICE_ABORTED)
@@ -219,7 +211,9 @@ class Splice:
 
     # -- internals ------------------------------------------------------------
 
-    def _release(self, d: _Direction) -> None:
+    def _stop(self, d: _Direction) -> None:
+        """Nothing more flows this way; its unacknowledged bytes no longer count as ours."""
+        d.done = True
         if d.held:
             self.m_held.set(self.m_held.value - d.held)
             d.held = 0
@@ -235,8 +229,8 @@ class Splice:
         if self.ended or not (self.ab.done and self.ba.done):
             return
         self.ended = True
-        self._release(self.ab)  # bytes still unacknowledged no longer count as ours
-        self._release(self.ba)
+        self._stop(self.ab)
+        self._stop(self.ba)
         self.m_active.dec()
         try:
             self.on_end(self)

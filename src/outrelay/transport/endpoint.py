@@ -357,8 +357,7 @@ class Server(_Driver):
     def close(self) -> None:
         """Close every connection (CONNECTION_CLOSE sent) and then the socket."""
         for link in list(self.connections):
-            link.conn.close(0, "server shutting down")
-            self.mark(link)
+            link.close(0, "server shutting down")
         self.flush()
         if self.transport is not None:
             self.transport.close()
