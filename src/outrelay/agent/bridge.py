@@ -85,25 +85,21 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
         pending = tasks
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            refused = next((e for e in _errors(done) if isinstance(e, OpenError)), None)
+            errors = _errors(done)
+            refused = next((e for e in errors if isinstance(e, OpenError)), None)
             if refused is not None:
                 for t in pending:
                     t.cancel()
-                if pending:
-                    await asyncio.wait(pending)
-                _errors(pending)
-                break
-            if any(not t.cancelled() and t.exception() is not None for t in done):
-                for t in done:
-                    if not t.cancelled() and t.exception() is not None:
-                        log.debug("bridge: direction failed", extra=kv(err=str(t.exception())))
+            elif errors:
+                for e in errors:
+                    log.debug("bridge: direction failed", extra=kv(err=str(e)))
                 _abort(aw, bw)
-                if pending:
-                    await asyncio.wait(pending)
-                for t in pending:
-                    if not t.cancelled():
-                        t.exception()
-                break
+            else:
+                continue
+            if pending:
+                await asyncio.wait(pending)
+            _errors(pending)
+            break
     except BaseException:
         for t in tasks:
             t.cancel()
@@ -123,6 +119,13 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
 def _errors(tasks: set[asyncio.Task[None]]) -> list[BaseException]:
     """The exceptions of finished ``tasks`` (retrieved, so none is reported as lost)."""
     return [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close ``writer`` and wait until it is closed, ignoring errors."""
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)

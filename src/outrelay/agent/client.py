@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from outrelay.agent import events as ev
-from outrelay.agent.bridge import bridge
+from outrelay.agent.bridge import bridge, close_writer
 from outrelay.agent.config import AgentConfig, format_hostport, parse_hostport
 from outrelay.agent.core import AgentProtocol
 from outrelay.agent.errors import (
@@ -491,9 +491,9 @@ class Agent:
         try:
             session.resume(transport)
         except (OutRelayError, ConnectionError) as exc:
-            # The session is going down; the next one resumes the stream.
+            # The session is going down (the stream is still DETACHED); the
+            # next one resumes the stream.
             log.debug("agent: resume deferred", extra=kv(err=str(exc)))
-            state.detach(self._loop.time() if self._loop else 0.0)
 
     def _give_up(self, transport: RelayStreamTransport) -> None:
         # _stream_finished takes it out of _lost and counts the failure.
@@ -619,9 +619,7 @@ class Agent:
         except Exception:
             log.exception("agent: stream handler failed", extra=fields)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await close_writer(writer)
 
 
 __all__ = ["Agent", "AgentConfig", "AgentError", "certificate_uri"]

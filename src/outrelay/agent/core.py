@@ -308,6 +308,8 @@ class AgentProtocol:
             if end_stream:
                 out.append(ev.StreamEnded(qid))
             return out
+        if phase is Phase.CLOSED:  # reset, rejected or given up: ignore what still comes
+            return []
         if stream.role is Role.RESUMED:
             return self._receive_resumed(qid, stream, data, end_stream)
         if stream.role is Role.CONSUMER:
@@ -437,8 +439,6 @@ class AgentProtocol:
     def _receive_consumer(
         self, qid: int, stream: _Data, data: bytes, end_stream: bool, now: float
     ) -> list[ev.Event]:
-        if stream.phase is not Phase.OPENING:
-            return []
         stream.held += data
         verdict = _classify(stream.held)
         if verdict == "data":
@@ -459,14 +459,11 @@ class AgentProtocol:
     def _receive_resumed(
         self, qid: int, stream: _Data, data: bytes, end_stream: bool
     ) -> list[ev.Event]:
-        if stream.phase is not Phase.RESUMING:
-            return []
         stream.held += data
         held = stream.held
         if len(held) >= HEADER_SIZE:
-            word0 = int.from_bytes(held[:2], "big")
+            word0, length = _header(held)
             ftype = word0 & 0x7FF
-            length = int.from_bytes(held[4:8], "big")
             if word0 >> 13 != VERSION or ftype not in (
                 FrameType.STREAM_RESUME,
                 FrameType.STREAM_REJECT,
@@ -522,13 +519,10 @@ class AgentProtocol:
     def _receive_provider(
         self, qid: int, stream: _Data, data: bytes, end_stream: bool
     ) -> list[ev.Event]:
-        if stream.phase is not Phase.AWAIT_FIRST:
-            return []
         stream.held += data
         if len(stream.held) < HEADER_SIZE:
             return self._provider_cut(qid, stream, end_stream)
-        word0 = int.from_bytes(stream.held[:2], "big")
-        length = int.from_bytes(stream.held[4:8], "big")
+        word0, length = _header(stream.held)
         if word0 >> 13 != VERSION or (word0 & 0x7FF) != FrameType.INCOMING_STREAM:
             self._close(qid, stream)
             return [ev.StreamAborted(qid, f"expected INCOMING_STREAM, got word {word0:#06x}")]
@@ -566,6 +560,11 @@ class AgentProtocol:
         return [ev.StreamAborted(qid, "stream ended inside its first frame")]
 
 
+def _header(held: bytearray) -> tuple[int, int]:
+    """``(word0, payload length)`` of the frame header at the start of ``held``."""
+    return int.from_bytes(held[:2], "big"), int.from_bytes(held[4:8], "big")
+
+
 def _classify(held: bytearray) -> str | tuple[int, str]:
     """Is a consumer's held prefix a STREAM_REJECT?
 
@@ -583,7 +582,7 @@ def _classify(held: bytearray) -> str | tuple[int, str]:
         return "data"
     if n < HEADER_SIZE:
         return "maybe"
-    length = int.from_bytes(held[4:8], "big")
+    _, length = _header(held)
     if length > MAX_REJECT_PAYLOAD:
         return "data"
     if n < HEADER_SIZE + length:

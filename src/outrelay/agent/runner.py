@@ -17,7 +17,7 @@ import os
 import signal
 from typing import Any
 
-from outrelay.agent.bridge import bridge
+from outrelay.agent.bridge import bridge, close_writer
 from outrelay.agent.client import Agent
 from outrelay.agent.config import Mapping, RunConfig, format_hostport, parse_hostport
 from outrelay.agent.errors import AgentError, StreamRejected
@@ -79,21 +79,15 @@ class ConsumerListener:
                 f"agent: stream to {name} rejected: {exc.code} {exc.reason}",
                 extra=kv(service=name, code=exc.code, reason=exc.reason),
             )
-            await _close(writer)
+            await close_writer(writer)
             return
         except (AgentError, ConnectionError) as exc:
             log.warning(f"agent: stream to {name} failed: {exc}", extra=kv(service=name))
-            await _close(writer)
+            await close_writer(writer)
             return
         except BaseException:
-            await _close(writer)
+            await close_writer(writer)
             raise
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
 
 
 def _write_ready_file(path: str, info: dict[str, Any]) -> None:

@@ -292,8 +292,7 @@ class Session:
         self.send(qid, frame, end_stream=True)
         if transport is not None:
             transport.lost(StreamFailed(f"rejected: {code} {reason}"))
-        if not self.link.closed:
-            self.link.release(qid)  # nothing more is read; no STOP_SENDING needed
+        self.release(qid)  # nothing more is read; no STOP_SENDING needed
 
     # -- used by RelayStreamTransport ------------------------------------
 
@@ -324,6 +323,10 @@ class Session:
     def stop_reading(self, qid: int) -> None:
         if not self.link.closed:
             self.link.stop_stream(qid, STREAM_ERROR)
+
+    def release(self, qid: int) -> None:
+        if not self.link.closed:
+            self.link.release(qid)
 
     def abort_stream(self, qid: int, code: int = STREAM_ERROR) -> None:
         if not self.link.closed:
@@ -374,12 +377,10 @@ class Session:
             if event.stream_id == self.proto.control_qid:
                 self._fatal("relay stopped reading the control stream")
             transport = self._streams.get(event.stream_id)
-            if transport is not None and event.error_code == SPLICE_ABORTED:
-                # The relay sends RESET_STREAM and STOP_SENDING; either one starts the resume.
-                if transport.can_resume:
-                    transport.detach(now, "the peer's relay connection was lost")
-                    self._rearm()
-                    return
+            # The relay sends RESET_STREAM and STOP_SENDING; either one starts the resume.
+            if self._detach_spliced(transport, event.error_code, now):
+                self._rearm()
+                return
             # A relay rejecting OPEN_STREAM may stop reading before the reject
             # frame arrives: keep reading until the answer (or FIN) comes.
             if transport is not None and not self._answer_pending(event.stream_id):
@@ -414,6 +415,17 @@ class Session:
             self._ping_at = now
             self.send(self.control_qid, self.proto.ping())
         self._probe = self._loop.call_later(PROBE_IDLE / 2, self._on_probe)
+
+    def _detach_spliced(
+        self, transport: RelayStreamTransport | None, error_code: int | None, now: float
+    ) -> bool:
+        """SPLICE_ABORTED on a resumable stream: detach it to be resumed; True if so."""
+        return (
+            transport is not None
+            and error_code == SPLICE_ABORTED
+            and transport.can_resume
+            and transport.detach(now, "the peer's relay connection was lost")
+        )
 
     def _answer_pending(self, qid: int) -> bool:
         """True while consumer stream ``qid`` waits for the relay's answer (OPENING)."""
@@ -492,8 +504,7 @@ class Session:
 
     def _resume_rejected(self, event: ev.ResumeRejected) -> None:
         transport = self._streams.get(event.qid)
-        if not self.link.closed:
-            self.link.release(event.qid)
+        self.release(event.qid)
         if transport is not None:
             transport.lost(StreamLost(f"the relay refused the resume: {event.code} {event.reason}"))
 
@@ -516,8 +527,7 @@ class Session:
         if transport is not None:
             transport.lost(StreamRejected(event.code, event.reason))
             self.send(event.qid, b"", end_stream=True)
-            if not self.link.closed:
-                self.link.release(event.qid)
+            self.release(event.qid)
 
     def _stream_aborted(self, event: ev.StreamAborted) -> None:
         failed = StreamFailed(f"agent: stream failed: {event.reason}")
@@ -525,12 +535,7 @@ class Session:
         if fut is not None and not fut.done():
             fut.set_exception(failed)
         transport = self._streams.get(event.qid)
-        if (
-            transport is not None
-            and event.error_code == SPLICE_ABORTED
-            and transport.can_resume
-            and transport.detach(self._loop.time(), "the peer's relay connection was lost")
-        ):
+        if self._detach_spliced(transport, event.error_code, self._loop.time()):
             return
         if transport is not None:
             if transport.established and transport.state is not None:
@@ -579,8 +584,6 @@ class Session:
             return
         self._dropping = True
         log.warning("agent: dropping relay session", extra=kv(relay=self.relay, reason=reason))
-        if not self._hello.done():
-            self._hello.set_exception(HandshakeFailed(f"agent: relay {self.relay}: {reason}"))
         if not self.link.closed:
             self.link.close(0, reason[:200])
         # Do not wait for the closing handshake: streams can be resumed elsewhere now.

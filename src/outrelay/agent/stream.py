@@ -73,7 +73,6 @@ class RelayStreamTransport(asyncio.Transport):
         extra: dict[str, Any],
         *,
         high_water: int = DEFAULT_HIGH_WATER,
-        state: ResumableState | None = None,
     ) -> None:
         super().__init__(extra)
         self._extra: dict[str, Any] = extra
@@ -93,7 +92,7 @@ class RelayStreamTransport(asyncio.Transport):
         self._sent = 0
         self._received = 0
         #: Positions, ring and resume phase (``None``: the stream cannot resume).
-        self.state = state
+        self.state: ResumableState | None = None
         #: True once the stream carries application bytes (opened / accepted).
         self.established = False
         #: Called when bytes flow (the owner arms its checkpoint timer).
@@ -394,9 +393,7 @@ class RelayStreamTransport(asyncio.Transport):
                 session.stop_reading(self.qid)
             self._finish(None)
             return
-        if self._write_paused and self._buffered() <= self._low and self._protocol is not None:
-            self._write_paused = False
-            self._protocol.resume_writing()
+        self.send_capacity(self._buffered())
         if not self._read_paused:
             session.grant_all(self.qid)
 

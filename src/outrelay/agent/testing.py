@@ -28,8 +28,7 @@ from typing import Any
 from outrelay.childproc import ComponentProcess
 from outrelay.controller.testing import ControllerProcess, dev_pki
 from outrelay.relay.testing import RelayProcess
-
-MiB = 1024 * 1024
+from outrelay.transport import MiB
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
