@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from outrelay.cli import fail, log_options
-from outrelay.cli.controller import DURATION
-from outrelay.cli.relay import SIZE
+from outrelay.cli.types import DURATION, SIZE
 
 if TYPE_CHECKING:
     from outrelay.agent.config import Mapping

@@ -5,26 +5,8 @@ from __future__ import annotations
 import click
 
 from outrelay.cli import fail, log_options
-from outrelay.controller.config import ControllerConfig, parse_duration
-
-
-class Duration(click.ParamType):
-    """``90s``, ``1h30m``, ``30d``; converted to seconds."""
-
-    name = "duration"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, float | int):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
+from outrelay.cli.types import DURATION
+from outrelay.controller.config import ControllerConfig
 
 
 @click.command()

@@ -22,13 +22,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import grpc
 
 from outrelay.cli import F, fail
-from outrelay.cli.controller import DURATION
+from outrelay.cli.types import DURATION
+
+if TYPE_CHECKING:
+    import grpc
 
 RPC_TIMEOUT = 10.0
 
@@ -86,6 +88,8 @@ def _client(kwargs: dict[str, Any]) -> ClientConfig:
 
 def open_channel(cfg: ClientConfig) -> grpc.Channel:
     """A channel to the controller; exits 2 if certificate files are missing."""
+    import grpc  # here, not at the top: ``outrelay --help`` needs none of it
+
     if cfg.insecure:
         return grpc.insecure_channel(cfg.controller)
     missing = [f"--{n}" for n in ("cert", "key", "ca") if not getattr(cfg, n)]
@@ -103,6 +107,8 @@ def rpc_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import grpc
+
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:

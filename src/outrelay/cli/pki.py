@@ -14,22 +14,20 @@ those tokens must use the same database.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import ipaddress
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from outrelay import __version__
 from outrelay.cli import fail
-from outrelay.identity import Identity, IdentityError, parse
-from outrelay.pki.ca import CA, cert_pem
-from outrelay.pki.csr import key_pem, make_csr
-from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
-from outrelay.pki.errors import CAError, PKIError
-from outrelay.pki.files import ensure_dir, write_private, write_public
+
+# The identity and pki packages (cryptography, jwt, apsw) and asyncio are
+# imported inside the commands: ``outrelay --help`` needs none of them.
+if TYPE_CHECKING:
+    from outrelay.pki.ca import CA
 
 TOKEN_DB = "enrollment.db"
 _DURATION = re.compile(r"(\d+)(s|m|h|d)?")
@@ -72,6 +70,9 @@ def _echo(message: str) -> None:
 
 
 def _load_ca(ca_dir: Path) -> CA:
+    from outrelay.pki.ca import CA
+    from outrelay.pki.errors import CAError
+
     try:
         return CA.load(ca_dir)
     except CAError as exc:
@@ -80,6 +81,8 @@ def _load_ca(ca_dir: Path) -> CA:
 
 def _write_leaf(out: Path, cert: bytes, key: bytes, ca: bytes) -> None:
     """``tls.crt``, ``tls.key`` (0600) and ``ca.crt`` in ``out`` (0700 if created)."""
+    from outrelay.pki.files import ensure_dir, write_private, write_public
+
     directory = ensure_dir(out)
     for path in (
         write_private(directory / "tls.key", key),
@@ -112,6 +115,8 @@ def pki() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing CA.")
 def init(directory: Path, force: bool) -> None:
     """Create a new CA (ECDSA P-256, ten years)."""
+    from outrelay.pki.ca import CA
+
     try:
         CA.create().save(directory, overwrite=force)
     except FileExistsError as exc:
@@ -145,6 +150,12 @@ def issue(
     ca_dir: Path, uri: str, out: Path, ttl: dt.timedelta, dns: tuple[str, ...], ip: tuple[str, ...]
 ) -> None:
     """Issue a leaf for an identity, generating its key locally."""
+    import ipaddress
+
+    from outrelay.identity import IdentityError, parse
+    from outrelay.pki.ca import cert_pem
+    from outrelay.pki.csr import key_pem
+
     try:
         identity = parse(uri)
     except IdentityError as exc:
@@ -187,12 +198,17 @@ def token(
     server_name: str | None,
 ) -> None:
     """Mint a one-shot enrollment token (printed on stdout)."""
+    from outrelay.identity import IdentityError
+
     if (ca_dir is None) == (controller is None):
         fail("give exactly one of --ca-dir and --controller", usage=True)
     if controller is not None:
         if cert is None or key is None or ca is None:
             fail("--controller needs --cert, --key and --ca (an admin identity)", usage=True)
+        import asyncio
+
         from outrelay.pki.client import EnrollmentClient
+        from outrelay.pki.errors import PKIError
 
         client = EnrollmentClient(
             controller,
@@ -241,6 +257,9 @@ def token(
 )
 def dev(out: Path, tenant: str, relay_id: str, namespace: str) -> None:
     """Write a development bundle: CA, controller, relay, agents, admin, secrets.yaml."""
+    from outrelay.identity import IdentityError
+    from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
+
     try:
         bundle = write_dev_bundle(DevBundleConfig(out, tenant, relay_id, namespace))
     except (IdentityError, ValueError) as exc:
@@ -281,13 +300,19 @@ def enroll(
     server_name: str | None,
 ) -> None:
     """Enroll this machine as an agent: key generated here, certificate from the controller."""
+    from outrelay.identity import Identity, IdentityError, parse
+
     if (uri is None) == (tenant is None):
         fail("give exactly one of --uri and --tenant", usage=True)
     try:
         identity: Identity = parse(uri) if uri is not None else Identity.new_agent(tenant or "")
     except IdentityError as exc:
         fail(str(exc), usage=True)
+    import asyncio
+
     from outrelay.pki.client import EnrollmentClient
+    from outrelay.pki.csr import key_pem, make_csr
+    from outrelay.pki.errors import PKIError
 
     key, csr = make_csr(identity)
     client = EnrollmentClient(controller, _read(ca, "CA certificate"), server_name=server_name)

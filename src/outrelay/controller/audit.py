@@ -16,11 +16,9 @@ from typing import Any
 from outrelay.controller.base import Db, InvalidArgument, require_tenant, rpc_errors, stream_errors
 from outrelay.controller.store import AuditRow, now_ms
 from outrelay.observe import REGISTRY, kv
-from outrelay.policy import Verdict
 from outrelay.policy.convert import verdict_of
 from outrelay.proto import audit_pb2 as pb
 from outrelay.proto import audit_pb2_grpc as pb_grpc
-from outrelay.proto import policy_pb2
 
 #: Most events accepted in one RecordBatch.
 MAX_BATCH = 10_000
@@ -44,16 +42,14 @@ def _row(event: pb.AuditEvent, field: str) -> AuditRow:
 
 def event_pb(row: AuditRow) -> pb.AuditEvent:
     """The wire form of a stored event."""
-    decision = (
-        policy_pb2.DECISION_DENY if row.verdict is Verdict.DENY else policy_pb2.DECISION_ALLOW
-    )
     return pb.AuditEvent(
         ts_unix_ms=row.ts_unix_ms,
         tenant=row.tenant,
         caller=row.caller,
         target=row.target,
         method=row.method,
-        decision=decision,
+        # Verdict numbers are the wire Decision numbers (outrelay.policy.convert)
+        decision=int(row.verdict),  # type: ignore[arg-type]
         reason=row.reason,
         stream_id=row.stream_id,
     )

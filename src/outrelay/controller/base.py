@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -92,14 +91,12 @@ def rpc_errors(
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(fn)
         async def handler(self: Any, request: Any, context: Any) -> T:
-            start = time.perf_counter_ns()
-            try:
-                return await fn(self, request, context)
-            except _MAPPED as exc:
-                await _abort(context, exc)
-                raise AssertionError("unreachable") from None  # abort() raises
-            finally:
-                hist.observe_ns(time.perf_counter_ns() - start)
+            with hist.time():
+                try:
+                    return await fn(self, request, context)
+                except _MAPPED as exc:
+                    await _abort(context, exc)
+                    raise AssertionError("unreachable") from None  # abort() raises
 
         return handler
 

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,42 @@ def _read(path: str | None, what: str) -> bytes:
         raise ConfigError(f"--{what} {path}: {exc.strerror}") from None
 
 
-def _enrollment(config: ControllerConfig, store: Store) -> Any:
-    """The Enrollment servicer if a CA key was given, else None."""
+@dataclass(frozen=True)
+class _Tls:
+    """The controller's key, certificate and CA, read once at start-up (PEM)."""
+
+    key: bytes
+    cert: bytes
+    ca: bytes
+
+    @classmethod
+    def read(cls, config: ControllerConfig) -> _Tls:
+        """Read the files in the order key, cert, CA (the first failure is reported)."""
+        return cls(_read(config.key, "key"), _read(config.cert, "cert"), _read(config.ca, "ca"))
+
+    def credentials(self, *, mtls: bool) -> grpc.ServerCredentials:
+        """Server credentials; with ``mtls`` clients must present a certificate of the CA."""
+        if mtls:
+            return grpc.ssl_server_credentials(
+                [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
+            )
+        return grpc.ssl_server_credentials([(self.key, self.cert)])
+
+
+def _enrollment(config: ControllerConfig, store: Store, tls: _Tls | None) -> Any:
+    """The Enrollment servicer if a CA key was given, else None.
+
+    ``tls`` holds the CA certificate already read (None with ``insecure``).
+    """
     if not config.ca_key:
         return None
     from outrelay.pki.ca import CA
     from outrelay.pki.enrollment import EnrollmentService
     from outrelay.pki.tokens import TokenIssuer, TokenVerifier
 
+    ca_pem = tls.ca if tls is not None else _read(config.ca, "ca")
     try:
-        ca = CA.from_pem(_read(config.ca, "ca"), _read(config.ca_key, "ca-key"))
+        ca = CA.from_pem(ca_pem, _read(config.ca_key, "ca-key"))
     except OutRelayError:
         raise
     except Exception as exc:  # the pki's own errors, named in the message
@@ -95,6 +122,7 @@ class Controller:
         self._db: Db | None = None
         self._server: grpc.aio.Server | None = None
         self._hubs: list[Hub[Any]] = []
+        self._tls: _Tls | None = None
 
     async def start(self) -> None:
         """Open the store, bind every port and start serving.
@@ -108,7 +136,7 @@ class Controller:
                 "caller may call every method; never use this outside local experiments"
             )
         # Bad credentials are a usage error: say so before creating a database.
-        self._credentials(mtls=True)
+        self._tls = None if cfg.insecure else _Tls.read(cfg)
         store = Store(cfg.db)
         self._db = db = Db(store)
         try:
@@ -145,16 +173,19 @@ class Controller:
         )
         policy_pb2_grpc.add_PolicyServicer_to_server(PolicyService(db, policy_hub), server)
         audit_pb2_grpc.add_AuditServicer_to_server(AuditService(db), server)
-        enrollment = _enrollment(cfg, db.store)
+        enrollment = _enrollment(cfg, db.store, self._tls)
         if enrollment is not None:
             from outrelay.pki.enrollment import add_to_server
 
             add_to_server(enrollment, server)
 
-        self.addresses["grpc"] = self._bind(server, cfg.listen, self._credentials(mtls=True))
-        if enrollment is not None and cfg.enroll_listen and not cfg.insecure:
+        tls = self._tls
+        self.addresses["grpc"] = self._bind(
+            server, cfg.listen, None if tls is None else tls.credentials(mtls=True)
+        )
+        if enrollment is not None and cfg.enroll_listen and tls is not None:
             self.addresses["enroll"] = self._bind(
-                server, cfg.enroll_listen, self._credentials(mtls=False)
+                server, cfg.enroll_listen, tls.credentials(mtls=False)
             )
         await server.start()
 
@@ -177,17 +208,6 @@ class Controller:
         )
         if cfg.ready_file:
             _write_ready(cfg.ready_file, self.addresses)
-
-    def _credentials(self, *, mtls: bool) -> grpc.ServerCredentials | None:
-        cfg = self.config
-        if cfg.insecure:
-            return None
-        key, cert, ca = _read(cfg.key, "key"), _read(cfg.cert, "cert"), _read(cfg.ca, "ca")
-        if mtls:
-            return grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=True
-            )
-        return grpc.ssl_server_credentials([(key, cert)])
 
     @staticmethod
     def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> str:

@@ -12,40 +12,41 @@ thread so the event loop never waits on the disk.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from outrelay.controller.config import DEFAULT_PATH
 from outrelay.controller.schema import MIGRATIONS
 from outrelay.errors import OutRelayError
 from outrelay.pki.store import ApswTokenStore
 from outrelay.policy import P2PMode, RelayMode, Rule, Verdict
 
-#: Default database file, relative to the working directory.
-DEFAULT_PATH = "outrelay-controller.db"
-
 BUSY_TIMEOUT_MS = 5000
 
-_P2P_TEXT = {
-    P2PMode.ALLOWED: "allowed",
-    P2PMode.FORBIDDEN: "forbidden",
-    P2PMode.REQUIRED: "required",
-}
-_P2P_OF_TEXT = {text: mode for mode, text in _P2P_TEXT.items()}
+_E = TypeVar("_E", bound=enum.Enum)
 
 
-def _decision_text(verdict: Verdict) -> str:
-    return "deny" if verdict is Verdict.DENY else "allow"
+def _texts(kind: type[_E]) -> tuple[dict[_E, str], dict[str, _E]]:
+    """Stored text of each member (its name in lowercase, as the schema's CHECKs) and back."""
+    text_of = {member: member.name.lower() for member in kind}
+    return text_of, {text: member for member, text in text_of.items()}
+
+
+_DECISION_TEXT, _VERDICT_OF_TEXT = _texts(Verdict)
+_P2P_TEXT, _P2P_OF_TEXT = _texts(P2PMode)
+_RELAY_TEXT, _RELAY_OF_TEXT = _texts(RelayMode)
 
 
 def _verdict_of_text(text: str) -> Verdict:
-    return Verdict.DENY if text == "deny" else Verdict.ALLOW
+    return _VERDICT_OF_TEXT.get(text, Verdict.ALLOW)
 
 
 class StoreError(OutRelayError):
@@ -414,11 +415,11 @@ class Store:
                         stored.caller_pattern,
                         stored.target_pattern,
                         stored.method_pattern,
-                        _decision_text(stored.verdict),
+                        _DECISION_TEXT[stored.verdict],
                         stored.expires_unix_ms,
                         stored.created_at_unix_ms,
                         _P2P_TEXT[stored.p2p_mode],
-                        "forward" if stored.relay_mode is RelayMode.FORWARD else "splice",
+                        _RELAY_TEXT[stored.relay_mode],
                     ),
                 )
         except apsw.ConstraintError as exc:
@@ -454,7 +455,7 @@ class Store:
                 expires_unix_ms=r[6],
                 created_at_unix_ms=r[7],
                 p2p_mode=_P2P_OF_TEXT.get(r[8], P2PMode.ALLOWED),
-                relay_mode=RelayMode.FORWARD if r[9] == "forward" else RelayMode.SPLICE,
+                relay_mode=_RELAY_OF_TEXT.get(r[9], RelayMode.SPLICE),
             )
             for r in rows
         ]
@@ -475,7 +476,7 @@ class Store:
                         e.caller,
                         e.target,
                         e.method,
-                        _decision_text(e.verdict),
+                        _DECISION_TEXT[e.verdict],
                         e.reason,
                         e.stream_id,
                     )

@@ -22,7 +22,6 @@ from outrelay.observe.metrics import REGISTRY, Registry
 from outrelay.observe.prom import CONTENT_TYPE_LATEST, render
 
 HEADER_TIMEOUT_S = 5.0
-MAX_HEAD = 16 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
 
 log = logging.getLogger("outrelay.observe")

@@ -98,6 +98,14 @@ def csr_uris(csr: x509.CertificateSigningRequest) -> list[str]:
     return list(san.get_values_for_type(x509.UniformResourceIdentifier))
 
 
+def required_uris(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The URI SANs of a CSR; CSRMissingURI if it has none (CSRParseError if malformed)."""
+    uris = csr_uris(csr)
+    if not uris:
+        raise CSRMissingURI("pki: csr missing identity URI SAN")
+    return uris
+
+
 def check_csr(csr: CsrLike, identity: Identity | None = None) -> x509.CertificateSigningRequest:
     """Apply the CSR acceptance rules (spec §2.3) and return the parsed CSR.
 
@@ -128,9 +136,7 @@ def check_csr(csr: CsrLike, identity: Identity | None = None) -> x509.Certificat
     elif not isinstance(public, ed25519.Ed25519PublicKey):
         raise CSRKeyError(f"pki: csr key: unsupported key type {type(public).__name__}")
     if identity is not None:
-        uris = csr_uris(parsed)
-        if not uris:
-            raise CSRMissingURI("pki: csr missing identity URI SAN")
+        uris = required_uris(parsed)
         want = str(identity)
         if want not in uris:
             raise CSRURIMismatch(

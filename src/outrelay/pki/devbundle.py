@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from outrelay.identity import Identity, InvalidTenant
+from outrelay.identity import Identity
 from outrelay.pki.ca import CA, cert_pem
 from outrelay.pki.csr import key_pem
 from outrelay.pki.files import ensure_dir, write_private, write_public
@@ -101,15 +101,18 @@ def write_dev_bundle(config: DevBundleConfig) -> DevBundle:
     }
     if _NAMESPACE.fullmatch(config.namespace) is None:
         raise ValueError(f"invalid namespace {config.namespace!r} (want an RFC 1123 label)")
-    if not config.tenant:
-        raise InvalidTenant("identity: invalid tenant ''")
     out = ensure_dir(config.out)
     ca = CA.create()
     bundle = DevBundle(out, identities)
 
-    def emit(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-        bundle.files.append(write_public(out / f"{stem}.crt", cert_pem(cert)))
-        bundle.files.append(write_private(out / f"{stem}.key", key_pem(key)))
+    def emit(
+        stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+    ) -> tuple[bytes, bytes]:
+        """Write ``<stem>.crt`` and ``<stem>.key``; return their PEMs (cert, key)."""
+        pems = cert_pem(cert), key_pem(key)
+        bundle.files.append(write_public(out / f"{stem}.crt", pems[0]))
+        bundle.files.append(write_private(out / f"{stem}.key", pems[1]))
+        return pems
 
     bundle.files.append(write_public(out / "ca.crt", ca.cert_pem))
     bundle.files.append(write_private(out / "ca.key", ca.key_pem))
@@ -125,7 +128,7 @@ def write_dev_bundle(config: DevBundleConfig) -> DevBundle:
     controller = ca.issue_server(
         ttl=DEV_LEAF_TTL, dns_names=controller_dns, ip_addresses=["127.0.0.1"]
     )
-    emit("controller", *controller)
+    controller_pems = emit("controller", *controller)
     leaves = {
         "relay": f"relay-{config.relay_id}",
         "provider": "agent-provider",
@@ -134,10 +137,8 @@ def write_dev_bundle(config: DevBundleConfig) -> DevBundle:
     }
     pems: dict[str, tuple[bytes, bytes]] = {}
     for name, stem in leaves.items():
-        key, cert = ca.issue(identities[name], DEV_LEAF_TTL)
-        emit(stem, key, cert)
-        pems[name] = (cert_pem(cert), key_pem(key))
-    pems["controller"] = (cert_pem(controller[1]), key_pem(controller[0]))
+        pems[name] = emit(stem, *ca.issue(identities[name], DEV_LEAF_TTL))
+    pems["controller"] = controller_pems
     secrets = [
         ("outrelay-controller-tls", "controller"),
         ("outrelay-relay-tls", "relay"),

@@ -35,9 +35,8 @@ from cryptography import x509
 
 from outrelay.identity import Identity, IdentityError, Role, parse, peer_identity
 from outrelay.identity.peer import load_certificate
-from outrelay.pki.ca import CA, DEFAULT_LEAF_TTL, cert_pem, check_csr, csr_uris
+from outrelay.pki.ca import CA, DEFAULT_LEAF_TTL, cert_pem, check_csr, required_uris
 from outrelay.pki.errors import (
-    CSRMissingURI,
     CSRURIMismatch,
     InvalidRequest,
     NotAuthenticated,
@@ -104,9 +103,7 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         """
         claims = self._verifier.check(token)
         csr = check_csr(csr_pem)
-        uris = csr_uris(csr)
-        if not uris:
-            raise CSRMissingURI("pki: csr missing identity URI SAN")
+        uris = required_uris(csr)
         if claims.agent_id is not None:
             identity = Identity.agent(claims.tenant, claims.agent_id)
             if str(identity) not in uris:
@@ -146,7 +143,6 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             CSRError: malformed CSR; CSRURIMismatch if it names another URI.
         """
         identity, cert = self._caller(peer_cert)
-        csr = check_csr(csr_pem, identity)
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             dns = [d for d in san.get_values_for_type(x509.DNSName) if d != "localhost"]
@@ -157,7 +153,8 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             ]
         except x509.ExtensionNotFound:
             dns, ips = [], []
-        new = self._ca.sign(csr, identity, self._leaf_ttl, dns_names=dns, ip_addresses=ips)
+        # sign() applies check_csr(csr_pem, identity) first
+        new = self._ca.sign(csr_pem, identity, self._leaf_ttl, dns_names=dns, ip_addresses=ips)
         return Issued(cert_pem(new), self._ca.cert_pem, identity)
 
     def issue_token(
