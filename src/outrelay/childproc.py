@@ -35,6 +35,18 @@ def child_env(keep: Collection[str] = ()) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_") or k in keep}
 
 
+def write_ready_file(path: str | os.PathLike[str], info: Mapping[str, str]) -> None:
+    """Write a component's ready file (one JSON object) atomically.
+
+    The counterpart of :meth:`ComponentProcess.start`'s wait: readers never
+    see a half-written file.
+    """
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(dict(info)) + "\n")
+    os.replace(tmp, target)
+
+
 class NotReadyError(RuntimeError):
     """The child exited, or did not write its ready file in time."""
 

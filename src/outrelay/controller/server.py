@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any
 import grpc
 
 from outrelay import __version__
+from outrelay.childproc import write_ready_file
 from outrelay.controller.audit import AuditService, run_retention
 from outrelay.controller.auth import RoleInterceptor
 from outrelay.controller.base import Db
@@ -101,13 +100,6 @@ def _enrollment(config: ControllerConfig, store: Store, tls: _Tls | None) -> Any
     except Exception as exc:  # the pki's own errors, named in the message
         raise ConfigError(f"cannot load the CA: {exc}") from None
     return EnrollmentService(ca, TokenVerifier(store), TokenIssuer(store))
-
-
-def _write_ready(path: str, info: dict[str, str]) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, target)  # readers never see a half-written file
 
 
 class Controller:
@@ -207,7 +199,7 @@ class Controller:
             ),
         )
         if cfg.ready_file:
-            _write_ready(cfg.ready_file, self.addresses)
+            write_ready_file(cfg.ready_file, self.addresses)
 
     @staticmethod
     def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> str:

@@ -26,16 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import os
 import signal
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import grpc
 
+from outrelay.childproc import write_ready_file
 from outrelay.observe import REGISTRY, DebugServer, Registry, kv, run_dumper
 from outrelay.policy import PolicyEngine
 from outrelay.proto import policy_pb2, registry_pb2
@@ -233,7 +231,7 @@ class Relay:
             log.warning("policy snapshot not received yet; serving with what we have")
         self.ready = True
         if cfg.ready_file:
-            _write_ready(cfg.ready_file, {**self.addresses, "relay_id": self.relay_id})
+            write_ready_file(cfg.ready_file, {**self.addresses, "relay_id": self.relay_id})
 
     async def stop(self) -> None:
         """Deregister agents, close every connection, stop background work. Idempotent."""
@@ -576,13 +574,6 @@ class Relay:
                     log.warning("audit send failed", extra=kv(n=len(batch), err=exc.reason))
                 else:
                     self._controller_ok()
-
-
-def _write_ready(path: str, info: dict[str, str]) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, target)  # readers never see a half-written file
 
 
 async def serve_until(config: RelayConfig, stop: asyncio.Event) -> None:
