@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from outrelay.agent import AgentConfig
-from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
 from outrelay.transport import TransportConfig
 
 
@@ -33,7 +32,5 @@ class DevPKI:
 
 
 @pytest.fixture(scope="session")
-def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
-    out = tmp_path_factory.mktemp("devpki") / "pki"
-    write_dev_bundle(DevBundleConfig(out=out))
-    return DevPKI(out)
+def dev_pki(dev_bundle: Path) -> DevPKI:
+    return DevPKI(dev_bundle)

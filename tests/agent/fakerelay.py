@@ -97,7 +97,6 @@ class AgentConn:
                 self.link.close(0, "")
                 return
             self.uri = hello.agent_uri
-            self.relay.hellos.append(self.uri)
             self.send_control(FrameType.HELLO_ACK, pb.HelloAck())
         elif ftype == FrameType.REGISTER:
             reg = decode_message(frame, FrameType.REGISTER, pb.Register)  # type: ignore[arg-type]
@@ -159,7 +158,6 @@ class FakeRelay:
         self.server: Server | None = None
         self.conns: set[AgentConn] = set()
         self.services: dict[str, AgentConn] = {}
-        self.hellos: list[str] = []
         self.registers: list[tuple[str, str]] = []
         self.opened: list[pb.OpenStream] = []
         self.provider_rejects: list[tuple[int, str]] = []

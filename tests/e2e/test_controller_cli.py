@@ -21,39 +21,28 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def run(ctl: ControllerProcess, *args: str, role: str = "admin") -> Any:
-    pki = ctl.pki
-    cert, key = {
-        "admin": ("admin-admin.crt", "admin-admin.key"),
-        "relay": ("relay-r1.crt", "relay-r1.key"),
-    }[role]
+    cert, key = ctl.leaf(role)
     env = {
         "OUTRELAY_CONTROLLER": ctl.target,
-        "OUTRELAY_CERT": str(pki / cert),
-        "OUTRELAY_KEY": str(pki / key),
-        "OUTRELAY_CA": str(pki / "ca.crt"),
+        "OUTRELAY_CERT": str(cert),
+        "OUTRELAY_KEY": str(key),
+        "OUTRELAY_CA": str(ctl.pki / "ca.crt"),
     }
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def policy_add(target: str, *rest: str, tenant: str | None = "acme") -> list[str]:
+    """``policy add [--tenant TENANT] --caller * --target TARGET REST...``"""
+    tenant_opt = ["--tenant", tenant] if tenant is not None else []
+    return ["policy", "add", *tenant_opt, "--caller", "*", "--target", target, *rest]
 
 
 def test_policy_add_list_remove(ctl: ControllerProcess) -> None:
     res = run(
         ctl,
-        "policy",
-        "add",
-        "--tenant",
-        "acme",
-        "--caller",
-        "*",
-        "--target",
-        "web",
-        "--decision",
-        "deny",
-        "--expires",
-        "1h",
-        "--p2p-mode",
-        "forbidden",
-        "--id",
-        "r1",
+        *policy_add(
+            "web", "--decision", "deny", "--expires", "1h", "--p2p-mode", "forbidden", "--id", "r1"
+        ),
     )
     assert res.exit_code == 0, res.output
     assert res.output.strip() == "r1"
@@ -64,21 +53,7 @@ def test_policy_add_list_remove(ctl: ControllerProcess) -> None:
     table = run(ctl, "policy", "list", "--tenant", "acme").output.splitlines()
     assert table[0].split()[:3] == ["ID", "CALLER", "TARGET"] and table[1].startswith("r1 ")
     # duplicate id: a server error, exit 1, one line
-    res = run(
-        ctl,
-        "policy",
-        "add",
-        "--tenant",
-        "acme",
-        "--caller",
-        "*",
-        "--target",
-        "web",
-        "--decision",
-        "allow",
-        "--id",
-        "r1",
-    )
+    res = run(ctl, *policy_add("web", "--decision", "allow", "--id", "r1"))
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "ALREADY_EXISTS" in res.output
     assert run(ctl, "policy", "remove", "--tenant", "acme", "--id", "r1").output == "removed\n"
     res = run(ctl, "policy", "remove", "--tenant", "acme", "--id", "r1")
@@ -88,33 +63,9 @@ def test_policy_add_list_remove(ctl: ControllerProcess) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["policy", "add", "--tenant", "acme", "--caller", "*", "--target", "*"],
-        [
-            "policy",
-            "add",
-            "--tenant",
-            "acme",
-            "--caller",
-            "*",
-            "--target",
-            "*",
-            "--decision",
-            "maybe",
-        ],
-        [
-            "policy",
-            "add",
-            "--tenant",
-            "acme",
-            "--caller",
-            "*",
-            "--target",
-            "*",
-            "--decision",
-            "allow",
-            "--expires",
-            "soon",
-        ],
+        policy_add("*"),
+        policy_add("*", "--decision", "maybe"),
+        policy_add("*", "--decision", "allow", "--expires", "soon"),
         ["policy", "remove", "--tenant", "acme"],
         ["audit", "query", "--tenant", "acme", "--limit", "-1"],
         ["registry", "list", "-o", "yaml"],
@@ -126,7 +77,7 @@ def test_usage_errors_exit_2(ctl: ControllerProcess, args: list[str]) -> None:
 
 
 def test_server_side_validation_exit_1(ctl: ControllerProcess) -> None:
-    res = run(ctl, "policy", "add", "--caller", "*", "--target", "a\nb", "--decision", "allow")
+    res = run(ctl, *policy_add("a\nb", "--decision", "allow", tenant=None))
     assert res.exit_code == 1 and "INVALID_ARGUMENT: rule.target_pattern" in res.output
 
 
@@ -135,18 +86,7 @@ def test_server_side_validation_exit_1(ctl: ControllerProcess) -> None:
     [
         ["policy", "list", "--tenant", "globex"],
         ["policy", "remove", "--tenant", "globex", "--id", "x"],
-        [
-            "policy",
-            "add",
-            "--tenant",
-            "globex",
-            "--caller",
-            "*",
-            "--target",
-            "*",
-            "--decision",
-            "allow",
-        ],
+        policy_add("*", "--decision", "allow", tenant="globex"),
         ["audit", "query", "--tenant", "globex"],
         ["registry", "list", "--tenant", "globex"],
     ],
@@ -162,19 +102,7 @@ def test_other_tenant_is_refused(ctl: ControllerProcess, args: list[str]) -> Non
 
 
 def test_tenant_defaults_to_the_certificate(ctl: ControllerProcess) -> None:
-    res = run(
-        ctl,
-        "policy",
-        "add",
-        "--caller",
-        "*",
-        "--target",
-        "dflt",
-        "--decision",
-        "allow",
-        "--id",
-        "d1",
-    )
+    res = run(ctl, *policy_add("dflt", "--decision", "allow", "--id", "d1", tenant=None))
     assert res.exit_code == 0 and res.output == "d1\n"
     rows = json.loads(run(ctl, "policy", "list", "-o", "json").output)
     assert "d1" in [r["id"] for r in rows]
@@ -184,20 +112,7 @@ def test_tenant_defaults_to_the_certificate(ctl: ControllerProcess) -> None:
 
 
 def test_wrong_role_is_reported(ctl: ControllerProcess) -> None:
-    res = run(
-        ctl,
-        "policy",
-        "add",
-        "--tenant",
-        "acme",
-        "--caller",
-        "*",
-        "--target",
-        "*",
-        "--decision",
-        "allow",
-        role="relay",
-    )
+    res = run(ctl, *policy_add("*", "--decision", "allow"), role="relay")
     assert res.exit_code == 1 and "PERMISSION_DENIED" in res.output
 
 
@@ -210,7 +125,7 @@ def test_missing_certificates_are_usage_errors(ctl: ControllerProcess) -> None:
     assert res.exit_code == 2 and "--cert" in res.output
 
 
-def test_unreachable_controller_exit_1(tmp_path: Path, ctl: ControllerProcess) -> None:
+def test_unreachable_controller_exit_1(ctl: ControllerProcess) -> None:
     res = run(ctl, "policy", "list", "--tenant", "acme", "--controller", "127.0.0.1:1")
     assert res.exit_code == 1 and "UNAVAILABLE" in res.output
 

@@ -25,7 +25,7 @@ from outrelay.proto import policy_pb2_grpc as pg
 from outrelay.proto import registry_pb2 as rp
 from outrelay.proto import registry_pb2_grpc as rg
 
-from .conftest import debug_metrics
+from .conftest import debug_metrics, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -261,11 +261,16 @@ def test_list_services_and_relays(
         ),
         timeout=5,
     )
-    time.sleep(HEARTBEAT_S * 3 + 0.3)  # list-old goes stale
+    reg = rg.RegistryStub(admin_of(tenant))
+
+    def old_is_stale() -> bool:
+        relays = reg.ListRelays(rp.ListRelaysRequest(), timeout=5).relays
+        return any(r.id == "list-old" and not r.live for r in relays)
+
+    wait_for(old_is_stale, 10 * HEARTBEAT_S * 3, "list-old going stale", interval=0.05)
     fresh.UpsertRelay(
         rp.UpsertRelayRequest(id="list-fresh", region="eu", endpoint="fresh:1"), timeout=5
     )
-    reg = rg.RegistryStub(admin_of(tenant))
     got = reg.ListServices(rp.ListServicesRequest(), timeout=5).services  # empty: own tenant
     assert [(s.service_name, s.service_id) for s in got] == [
         ("db", "lists/db"),
@@ -307,6 +312,7 @@ def test_slow_watcher_is_cut_off_others_unharmed(
 ) -> None:
     reg = rg.RegistryStub(relay)
     tenant = "slowtest"
+    watchers = debug_metrics(ctl)["gauges"].get("registry_watchers", 0)
     # no BDP probing: the unread stream's flow-control window stays small
     slow_ch = ctl.channel("relay", grpc__http2__bdp_probe=0)
     slow = rg.RegistryStub(slow_ch).Watch(rp.WatchRequest(tenant=tenant), timeout=60)
@@ -325,7 +331,11 @@ def test_slow_watcher_is_cut_off_others_unharmed(
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    time.sleep(0.3)  # both watchers registered (no snapshot to wait for)
+    wait_for(  # both watchers registered (no snapshot to wait for)
+        lambda: debug_metrics(ctl)["gauges"].get("registry_watchers", 0) >= watchers + 2,
+        10,
+        "both watchers registered",
+    )
     before = debug_metrics(ctl)["counters"].get("registry_watchers_dropped_total", 0)
     blob = "x" * 65536
     sent = 0
@@ -667,10 +677,9 @@ ALLOWED = {
 
 @pytest.mark.parametrize("role", sorted(ALLOWED))
 @pytest.mark.parametrize("call", sorted(CALLS))
-def test_role_table(ctl: ControllerProcess, role: str, call: str) -> None:
+def test_role_table(as_: Callable[[str], grpc.Channel], role: str, call: str) -> None:
     stub_cls, method, request = CALLS[call]
-    with ctl.channel(role) as ch:
-        code = code_of(getattr(stub_cls(ch), method), request)
+    code = code_of(getattr(stub_cls(as_(role)), method), request)
     if call in ALLOWED[role]:
         assert code == C.OK
     else:
@@ -678,19 +687,19 @@ def test_role_table(ctl: ControllerProcess, role: str, call: str) -> None:
 
 
 @pytest.mark.parametrize("role", ["relay", "admin", "agent"])
-def test_role_table_streams(ctl: ControllerProcess, role: str) -> None:
-    with ctl.channel(role) as ch:
-        watch = pg.PolicyStub(ch).Watch(pp.WatchPoliciesRequest(tenant=T), timeout=5)
-        try:
-            next(watch)
-            code = C.OK
-        except grpc.RpcError as exc:
-            code = exc.code()
-        watch.cancel()
-        query_code = code_of(
-            lambda r, timeout: list(ag.AuditStub(ch).Query(r, timeout=timeout)),
-            ap.QueryAuditRequest(tenant=T),
-        )
+def test_role_table_streams(as_: Callable[[str], grpc.Channel], role: str) -> None:
+    ch = as_(role)
+    watch = pg.PolicyStub(ch).Watch(pp.WatchPoliciesRequest(tenant=T), timeout=5)
+    try:
+        next(watch)
+        code = C.OK
+    except grpc.RpcError as exc:
+        code = exc.code()
+    watch.cancel()
+    query_code = code_of(
+        lambda r, timeout: list(ag.AuditStub(ch).Query(r, timeout=timeout)),
+        ap.QueryAuditRequest(tenant=T),
+    )
     assert code == (C.OK if role == "relay" else C.PERMISSION_DENIED)
     assert query_code == (C.OK if role == "admin" else C.PERMISSION_DENIED)
 

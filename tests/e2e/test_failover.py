@@ -12,13 +12,14 @@ the resume window plus one second.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 
 from outrelay.agent.testing import FailoverLab, MiB
+
+from .conftest import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -116,8 +117,18 @@ def test_checkpoints_flow_and_rings_are_freed(
         result = lab.transfer(16 * MiB)
         assert result.ok, result
         assert lab.consumer is not None and lab.provider is not None
-        time.sleep(0.3)
-        for agent in (lab.consumer, lab.provider):
+        agents = (lab.consumer, lab.provider)
+
+        def settled() -> bool:
+            ms = [a.metrics() for a in agents]
+            return all(
+                m["counters"].get("agent_checkpoints_sent", 0) > 0
+                and m["gauges"].get("ring_bytes") == 0
+                for m in ms
+            )
+
+        wait_for(settled, 10, "checkpoints sent and rings freed", interval=0.05)
+        for agent in agents:
             m = agent.metrics()
             assert m["counters"]["agent_checkpoints_sent"] > 0
             assert m["counters"].get("streams_resumed", 0) == 0

@@ -34,7 +34,7 @@ from outrelay.relay.testing import (
 )
 from outrelay.transport import HandshakeError
 
-from .conftest import debug_metrics
+from .conftest import debug_metrics, wait_for
 from .conftest import run_async as run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -243,10 +243,12 @@ def test_disconnect_deregisters(env: Env) -> None:
         await agent.wait_closed()
 
     run(main)
-    deadline = time.monotonic() + 5
-    while reg.Resolve(req, timeout=5).providers:
-        assert time.monotonic() < deadline, "provider still registered"
-        time.sleep(0.05)
+    wait_for(
+        lambda: not reg.Resolve(req, timeout=5).providers,
+        5,
+        "provider deregistered",
+        interval=0.05,
+    )
 
 
 # -- OPEN_STREAM ------------------------------------------------------------------
@@ -492,10 +494,12 @@ def test_one_audit_event_per_decision(env: Env) -> None:
         req = ap.QueryAuditRequest(tenant=TENANT, caller=caller, target=target)
         return list(audit.Query(req, timeout=5))
 
-    deadline = time.monotonic() + 5
-    while not (query(consumer_uri, "svc-audit") and query(provider_uri, consumer_uri)):
-        assert time.monotonic() < deadline, "audit events not recorded"
-        time.sleep(0.05)
+    wait_for(
+        lambda: query(consumer_uri, "svc-audit") and query(provider_uri, consumer_uri),
+        5,
+        "audit events recorded",
+        interval=0.05,
+    )
     caller_side, callee_side = query(consumer_uri, "svc-audit"), query(provider_uri, consumer_uri)
     assert len(caller_side) == 1 and len(callee_side) == 1
     assert caller_side[0].decision == pp.DECISION_ALLOW and caller_side[0].reason == "allow-all"

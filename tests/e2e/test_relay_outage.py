@@ -15,9 +15,9 @@ from outrelay.orp import HEADER_SIZE, FrameType, decode_header
 from outrelay.proto import orp_pb2
 from outrelay.proto import policy_pb2 as pp
 from outrelay.proto import policy_pb2_grpc as pg
-from outrelay.relay.testing import ProbeStream, RelayProcess, close_all, echo_provider
+from outrelay.relay.testing import ProbeStream, RelayProcess, echo_provider
 
-from .conftest import debug_metrics, dial
+from .conftest import debug_metrics, dial, run_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -75,83 +75,78 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
 
         async def main() -> None:
             nonlocal restarted
-            try:
-                provider = await dial(relay, pki, "provider")
-                assert (await provider.register("svc-out")).type == FrameType.REGISTER_ACK
-                task = asyncio.create_task(echo_provider(provider))
-                consumer = await dial(relay, pki, "consumer")
-                flowing = consumer.open("svc-out")
-                await _roundtrip(flowing, b"before the outage")
+            provider = await dial(relay, pki, "provider")
+            assert (await provider.register("svc-out")).type == FrameType.REGISTER_ACK
+            task = asyncio.create_task(echo_provider(provider))
+            consumer = await dial(relay, pki, "consumer")
+            flowing = consumer.open("svc-out")
+            await _roundtrip(flowing, b"before the outage")
 
-                ctl.signal(signal.SIGKILL)
-                t_killed = time.monotonic()
-                assert ctl.proc is not None
-                await asyncio.to_thread(ctl.proc.wait, 10)
-                # the stream keeps flowing while the relay notices the outage
-                await _until(
-                    lambda: debug_metrics(relay)["gauges"]["controller_up"] == 0,
-                    "relay noticed the outage",
-                    10.0,
-                    step=flowing,
+            ctl.signal(signal.SIGKILL)
+            t_killed = time.monotonic()
+            assert ctl.proc is not None
+            await asyncio.to_thread(ctl.proc.wait, 10)
+            # the stream keeps flowing while the relay notices the outage
+            await _until(
+                lambda: debug_metrics(relay)["gauges"]["controller_up"] == 0,
+                "relay noticed the outage",
+                10.0,
+                step=flowing,
+            )
+            # a real outage lasts: keep the stream busy for OUTAGE_S in all
+            # (long enough for gRPC's reconnect backoff to reach its cap)
+            n = 0
+            while time.monotonic() - t_killed < OUTAGE_S:
+                n += 1
+                await _roundtrip(flowing, f"during the outage {n};".encode())
+            # a new stream to an already-resolved service still opens: the
+            # provider is connected here, so the relay picks it without asking
+            # the controller (local-first); nothing stale needs serving
+            fresh = consumer.open("svc-out")
+            await _roundtrip(fresh, b"new stream during the outage")
+            assert debug_metrics(relay)["gauges"]["controller_up"] == 0
+
+            # restart on the same port and database
+            restarted = ControllerProcess(tmp_path, pki, db=ctl.db, args=["--listen", ctl.target])
+            await asyncio.to_thread(restarted.start)
+            t_ready = time.monotonic()
+            with restarted.channel("admin") as admin2:
+                pg.PolicyStub(admin2).RemovePolicy(
+                    pp.RemovePolicyRequest(tenant=TENANT, id="allow-all"), timeout=5
                 )
-                # a real outage lasts: keep the stream busy for OUTAGE_S in all
-                # (long enough for gRPC's reconnect backoff to reach its cap)
-                n = 0
-                while time.monotonic() - t_killed < OUTAGE_S:
-                    n += 1
-                    await _roundtrip(flowing, f"during the outage {n};".encode())
-                # a new stream to an already-resolved service still opens: the
-                # provider is connected here, so the relay picks it without asking
-                # the controller (local-first); nothing stale needs serving
-                fresh = consumer.open("svc-out")
-                await _roundtrip(fresh, b"new stream during the outage")
-                assert debug_metrics(relay)["gauges"]["controller_up"] == 0
+            t_changed = time.monotonic()
 
-                # restart on the same port and database
-                restarted = ControllerProcess(
-                    tmp_path, pki, db=ctl.db, args=["--listen", ctl.target]
-                )
-                await asyncio.to_thread(restarted.start)
-                t_ready = time.monotonic()
-                with restarted.channel("admin") as admin2:
-                    pg.PolicyStub(admin2).RemovePolicy(
-                        pp.RemovePolicyRequest(tenant=TENANT, id="allow-all"), timeout=5
-                    )
-                t_changed = time.monotonic()
+            async def denied() -> bool:
+                # allowed: the provider echoes our 8 bytes; denied: a
+                # STREAM_REJECT frame (8-byte header, then its payload)
+                probe = consumer.open("svc-out")
+                probe.write(b"allowed?")
+                head = await probe.read_exactly(HEADER_SIZE, timeout=3)
+                if head == b"allowed?":
+                    probe.write(b"", fin=True)
+                    return False
+                _, ftype, _, length = decode_header(head)
+                assert ftype == FrameType.STREAM_REJECT
+                rej = orp_pb2.StreamReject.FromString(await probe.read_exactly(length))
+                assert rej.code == 403, rej
+                return True
 
-                async def denied() -> bool:
-                    # allowed: the provider echoes our 8 bytes; denied: a
-                    # STREAM_REJECT frame (8-byte header, then its payload)
-                    probe = consumer.open("svc-out")
-                    probe.write(b"allowed?")
-                    head = await probe.read_exactly(HEADER_SIZE, timeout=3)
-                    if head == b"allowed?":
-                        probe.write(b"", fin=True)
-                        return False
-                    _, ftype, _, length = decode_header(head)
-                    assert ftype == FrameType.STREAM_REJECT
-                    rej = orp_pb2.StreamReject.FromString(await probe.read_exactly(length))
-                    assert rej.code == 403, rej
-                    return True
+            while not await denied():
+                assert time.monotonic() - t_changed < PROPAGATION_S, "change not applied"
+                await asyncio.sleep(0.02)
+            report["change_to_enforced_s"] = time.monotonic() - t_changed
+            report["restart_to_enforced_s"] = time.monotonic() - t_ready
+            report["outage_roundtrips"] = n
+            assert report["change_to_enforced_s"] <= PROPAGATION_S
+            # streams opened before the change are not cut
+            await _roundtrip(flowing, b"after the restart")
+            await _roundtrip(fresh, b"still here")
+            m = debug_metrics(relay)
+            assert m["gauges"]["controller_up"] == 1
+            assert m["counters"]["controller_outages"] == 1
+            task.cancel()
 
-                while not await denied():
-                    assert time.monotonic() - t_changed < PROPAGATION_S, "change not applied"
-                    await asyncio.sleep(0.02)
-                report["change_to_enforced_s"] = time.monotonic() - t_changed
-                report["restart_to_enforced_s"] = time.monotonic() - t_ready
-                report["outage_roundtrips"] = n
-                assert report["change_to_enforced_s"] <= PROPAGATION_S
-                # streams opened before the change are not cut
-                await _roundtrip(flowing, b"after the restart")
-                await _roundtrip(fresh, b"still here")
-                m = debug_metrics(relay)
-                assert m["gauges"]["controller_up"] == 1
-                assert m["counters"]["controller_outages"] == 1
-                task.cancel()
-            finally:
-                await close_all()
-
-        asyncio.run(asyncio.wait_for(main(), 60))
+        run_async(main, 60)
         print(f"\npolicy propagation after controller restart: {report}")
     finally:
         relay.kill()

@@ -14,9 +14,9 @@ from outrelay.controller.testing import ControllerProcess
 from outrelay.orp import FrameType
 from outrelay.proto import registry_pb2 as rp
 from outrelay.proto import registry_pb2_grpc as rg
-from outrelay.relay.testing import RelayProcess, close_all, echo_provider
+from outrelay.relay.testing import RelayProcess, echo_provider
 
-from .conftest import dial
+from .conftest import dial, run_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -41,19 +41,16 @@ def test_no_policy_splice_then_sigterm_deregisters(ctl: ControllerProcess) -> No
         relay.start()
 
         async def main() -> None:
-            try:
-                provider = await dial(relay, pki, "provider")
-                assert (await provider.register("svc-echo")).type == FrameType.REGISTER_ACK
-                task = asyncio.create_task(echo_provider(provider))
-                consumer = await dial(relay, pki, "consumer")
-                stream = consumer.open("svc-echo")
-                stream.write(b"hello via relay")
-                assert await stream.read_exactly(15, timeout=3) == b"hello via relay"
-                task.cancel()
-            finally:
-                await close_all()
+            provider = await dial(relay, pki, "provider")
+            assert (await provider.register("svc-echo")).type == FrameType.REGISTER_ACK
+            task = asyncio.create_task(echo_provider(provider))
+            consumer = await dial(relay, pki, "consumer")
+            stream = consumer.open("svc-echo")
+            stream.write(b"hello via relay")
+            assert await stream.read_exactly(15, timeout=3) == b"hello via relay"
+            task.cancel()
 
-        asyncio.run(asyncio.wait_for(main(), 30))
+        run_async(main, 30)
         assert relay.stop() == 0
         assert "relay stopped" in relay.log()
     finally:
@@ -69,23 +66,20 @@ def test_sigterm_deregisters_connected_agents(ctl: ControllerProcess) -> None:
         relay.start()
 
         async def main() -> None:
-            try:
-                agent = await dial(relay, pki, "provider")
-                assert (await agent.register("svc-stop")).type == FrameType.REGISTER_ACK
-                assert reg.Resolve(req, timeout=5).providers
-                stopped = await asyncio.to_thread(relay.stop)
-                assert stopped == 0
-                await agent.wait_closed()
-            finally:
-                await close_all()
+            agent = await dial(relay, pki, "provider")
+            assert (await agent.register("svc-stop")).type == FrameType.REGISTER_ACK
+            assert reg.Resolve(req, timeout=5).providers
+            stopped = await asyncio.to_thread(relay.stop)
+            assert stopped == 0
+            await agent.wait_closed()
 
-        asyncio.run(asyncio.wait_for(main(), 30))
+        run_async(main, 30)
         assert not reg.Resolve(req, timeout=5).providers
     finally:
         relay.kill()
 
 
-def test_controller_unreachable_exits_1(ctl: ControllerProcess, tmp_path: Path) -> None:
+def test_controller_unreachable_exits_1(ctl: ControllerProcess) -> None:
     relay = _relay(ctl, controller="127.0.0.1:1")
     with pytest.raises(RuntimeError, match="exited 1") as info:
         relay.start(timeout=30)

@@ -10,9 +10,9 @@ import pytest
 from outrelay.controller.testing import ControllerProcess
 from outrelay.orp import FrameType
 from outrelay.proto import orp_pb2
-from outrelay.relay.testing import ProbeStream, RelayProcess, close_all
+from outrelay.relay.testing import ProbeStream, RelayProcess
 
-from .conftest import debug_metrics, dial
+from .conftest import debug_metrics, dial, run_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -47,45 +47,42 @@ def test_resume_on_a_new_relay_after_sigkill(ctl: ControllerProcess) -> None:
         first.start()
 
         async def main() -> None:
-            try:
-                provider = await dial(first, pki, "provider")
-                assert (await provider.register("svc-resume")).type == FrameType.REGISTER_ACK
-                consumer = await dial(first, pki, "consumer")
-                cs = consumer.open("svc-resume", stream_id=SID)
-                ps = await asyncio.wait_for(provider.incoming.get(), 5)
-                assert (await ps.read_frame()).type == FrameType.INCOMING_STREAM
-                ps.send_frame(FrameType.STREAM_ACCEPT)
-                cs.write(b"before")
-                assert await ps.read_exactly(6) == b"before"
-                ps.write(b"back")
-                assert await cs.read_exactly(4) == b"back"
+            provider = await dial(first, pki, "provider")
+            assert (await provider.register("svc-resume")).type == FrameType.REGISTER_ACK
+            consumer = await dial(first, pki, "consumer")
+            cs = consumer.open("svc-resume", stream_id=SID)
+            ps = await asyncio.wait_for(provider.incoming.get(), 5)
+            assert (await ps.read_frame()).type == FrameType.INCOMING_STREAM
+            ps.send_frame(FrameType.STREAM_ACCEPT)
+            cs.write(b"before")
+            assert await ps.read_exactly(6) == b"before"
+            ps.write(b"back")
+            assert await cs.read_exactly(4) == b"back"
 
-                first.kill()  # SIGKILL: no goodbye to anyone
-                await asyncio.to_thread(second.start)
-                # both agents reconnect (no history on this relay), replay REGISTER,
-                # and resume: consumer sent 6 and got 4, provider the reverse
-                provider2 = await dial(second, pki, "provider")
-                assert (await provider2.register("svc-resume")).type == FrameType.REGISTER_ACK
-                consumer2 = await dial(second, pki, "consumer")
-                rc = consumer2.resume(SID, 6, 4)
-                rp = provider2.resume(SID, 4, 6)
-                assert await _echo_of(rc) == (SID, 4, 6)
-                assert await _echo_of(rp) == (SID, 6, 4)
-                rc.write(b"post-resume")
-                assert await rp.read_exactly(11, timeout=3) == b"post-resume"
-                rp.write(b"pong-back")
-                assert await rc.read_exactly(9, timeout=3) == b"pong-back"
-                rc.write(b"", fin=True)
-                assert await rp.read_to_eof() == b""
-                rp.write(b"", fin=True)
-                assert await rc.read_to_eof() == b""
-                m = debug_metrics(second)
-                assert m["counters"]["resume_matched"] == 1
-                assert m["gauges"]["resume_pending"] == 0
-            finally:
-                await close_all()
+            first.kill()  # SIGKILL: no goodbye to anyone
+            await asyncio.to_thread(second.start)
+            # both agents reconnect (no history on this relay), replay REGISTER,
+            # and resume: consumer sent 6 and got 4, provider the reverse
+            provider2 = await dial(second, pki, "provider")
+            assert (await provider2.register("svc-resume")).type == FrameType.REGISTER_ACK
+            consumer2 = await dial(second, pki, "consumer")
+            rc = consumer2.resume(SID, 6, 4)
+            rp = provider2.resume(SID, 4, 6)
+            assert await _echo_of(rc) == (SID, 4, 6)
+            assert await _echo_of(rp) == (SID, 6, 4)
+            rc.write(b"post-resume")
+            assert await rp.read_exactly(11, timeout=3) == b"post-resume"
+            rp.write(b"pong-back")
+            assert await rc.read_exactly(9, timeout=3) == b"pong-back"
+            rc.write(b"", fin=True)
+            assert await rp.read_to_eof() == b""
+            rp.write(b"", fin=True)
+            assert await rc.read_to_eof() == b""
+            m = debug_metrics(second)
+            assert m["counters"]["resume_matched"] == 1
+            assert m["gauges"]["resume_pending"] == 0
 
-        asyncio.run(asyncio.wait_for(main(), 60))
+        run_async(main, 60)
     finally:
         first.kill()
         second.kill()
@@ -99,22 +96,19 @@ def test_lone_half_rejected_within_window_plus_one_second(ctl: ControllerProcess
         relay.start()
 
         async def main() -> None:
-            try:
-                agent = await dial(relay, pki, "consumer")
-                t0 = time.monotonic()
-                half = agent.resume(SID, 10, 10)
-                frame = await half.read_frame(timeout=5)
-                waited = time.monotonic() - t0
-                assert frame.type == FrameType.STREAM_REJECT
-                rej = orp_pb2.StreamReject.FromString(frame.payload)
-                assert rej.code == 504 and "resume" in rej.reason
-                assert await half.ended()
-                assert 1.0 <= waited <= 2.0, waited
-                m = debug_metrics(relay)
-                assert m["counters"]["resume_timeouts"] == 1
-            finally:
-                await close_all()
+            agent = await dial(relay, pki, "consumer")
+            t0 = time.monotonic()
+            half = agent.resume(SID, 10, 10)
+            frame = await half.read_frame(timeout=5)
+            waited = time.monotonic() - t0
+            assert frame.type == FrameType.STREAM_REJECT
+            rej = orp_pb2.StreamReject.FromString(frame.payload)
+            assert rej.code == 504 and "resume" in rej.reason
+            assert await half.ended()
+            assert 1.0 <= waited <= 2.0, waited
+            m = debug_metrics(relay)
+            assert m["counters"]["resume_timeouts"] == 1
 
-        asyncio.run(asyncio.wait_for(main(), 30))
+        run_async(main, 30)
     finally:
         relay.kill()

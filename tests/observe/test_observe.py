@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,10 @@ def test_dumper_writes_first_line_at_once(tmp_path: Path) -> None:
 
     async def go() -> None:
         task = asyncio.create_task(run_dumper(reg, path, 0.05))
-        await asyncio.sleep(0.18)
+        deadline = time.monotonic() + 4
+        while not (path.exists() and path.read_text().count("\n") >= 2):
+            assert time.monotonic() < deadline, "two dump lines not written within 4s"
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import array
 import importlib
-import os
 import subprocess
 import sys
 from types import ModuleType
 
 import pytest
 
+from conftest import compiled_twin, load_twin
 from outrelay.orp.errors import (
     InvalidFlags,
     InvalidType,
@@ -35,13 +35,11 @@ def golden_header(ftype: int, flags: int, length: int, version: int = 1) -> byte
 
 def both_twins() -> tuple[ModuleType, ModuleType]:
     """(compiled, pure); skipped when the compiled one is not built."""
-    pure = importlib.import_module("outrelay.orp._codec_py")
-    try:
-        return importlib.import_module("outrelay._fast._codec"), pure
-    except ImportError:
-        if os.environ.get("OUTRELAY_REQUIRE_EXTENSIONS"):
-            raise
+    pure = load_twin("codec", "pure")
+    compiled = compiled_twin("codec")
+    if compiled is None:
         pytest.skip("compiled codec not built")
+    return compiled, pure
 
 
 def feed_all(decoder: object, chunks: list[bytes]) -> list[object]:

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import compiled_twin, load_twin
 from outrelay.orp.types import HEADER_SIZE, MAX_TYPE
 
 pytestmark = pytest.mark.dataplane
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-PURE = importlib.import_module("outrelay.orp._codec_py")
+PURE = load_twin("codec", "pure")
 
 
 @pytest.fixture(scope="module")
 def compiled() -> ModuleType:
-    try:
-        return importlib.import_module("outrelay._fast._codec")
-    except ImportError:
-        if os.environ.get("OUTRELAY_REQUIRE_EXTENSIONS"):
-            raise
+    module = compiled_twin("codec")
+    if module is None:
         pytest.skip("compiled codec not built")
+    return module
 
 
 frames_st = st.lists(

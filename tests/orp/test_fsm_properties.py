@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outrelay.orp import _fsm_py
+from conftest import outcome, twins
 from outrelay.orp.types import StreamEvent, StreamState
 
 pytestmark = pytest.mark.dataplane
@@ -28,17 +26,6 @@ MODEL = {
 }  # fmt: skip
 
 
-def twins() -> list[Any]:
-    mods: list[Any] = [_fsm_py]
-    if not os.environ.get("OUTRELAY_NO_EXTENSIONS"):
-        try:
-            mods.append(importlib.import_module("outrelay._fast._fsm"))
-        except ImportError:
-            if os.environ.get("OUTRELAY_REQUIRE_EXTENSIONS"):
-                raise
-    return mods
-
-
 events = st.one_of(
     st.sampled_from(list(StreamEvent)),
     st.integers(min_value=-3, max_value=8),
@@ -46,17 +33,10 @@ events = st.one_of(
 )
 
 
-def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    try:
-        return ("ok", fn(*args))
-    except Exception as exc:  # the type and text are what we compare
-        return (type(exc).__name__, str(exc))
-
-
 @settings(max_examples=300, deadline=None)
 @given(seq=st.lists(events, max_size=30))
 def test_twins_match_model(seq: list[int]) -> None:
-    machines = [mod.StreamFSM() for mod in twins()]
+    machines = [mod.StreamFSM() for mod in twins("fsm")]
     state = 0
     for event in seq:
         nxt = MODEL.get((state, int(event)))

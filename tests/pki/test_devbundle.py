@@ -16,21 +16,14 @@ PROVIDER = "outrelay://acme/agent/00000000-0000-0000-0000-000000000001"
 CONSUMER = "outrelay://acme/agent/00000000-0000-0000-0000-000000000002"
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("b") / "dev-pki"
-    write_dev_bundle(DevBundleConfig(out=out))
-    return out
-
-
-def test_layout_and_modes(bundle_dir: Path) -> None:
-    assert stat.S_IMODE(bundle_dir.stat().st_mode) == 0o700
-    names = sorted(p.name for p in bundle_dir.iterdir())
+def test_layout_and_modes(dev_bundle: Path) -> None:
+    assert stat.S_IMODE(dev_bundle.stat().st_mode) == 0o700
+    names = sorted(p.name for p in dev_bundle.iterdir())
     stems = ["admin-admin", "agent-consumer", "agent-provider", "ca", "controller", "relay-r1"]
     assert names == sorted(
         [f"{s}.crt" for s in stems] + [f"{s}.key" for s in stems] + ["secrets.yaml"]
     )
-    for path in bundle_dir.iterdir():
+    for path in dev_bundle.iterdir():
         # secrets.yaml holds private keys too
         private = path.suffix == ".key" or path.name == "secrets.yaml"
         want = 0o600 if private else 0o644
@@ -41,23 +34,23 @@ def test_layout_and_modes(bundle_dir: Path) -> None:
         "agent-consumer": CONSUMER,
         "admin-admin": "outrelay://acme/admin/admin",
     }
-    ca = x509.load_pem_x509_certificate((bundle_dir / "ca.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((dev_bundle / "ca.crt").read_bytes())
     for stem, uri in expected.items():
-        cert = x509.load_pem_x509_certificate((bundle_dir / f"{stem}.crt").read_bytes())
+        cert = x509.load_pem_x509_certificate((dev_bundle / f"{stem}.crt").read_bytes())
         assert str(peer_identity(cert)) == uri
         cert.verify_directly_issued_by(ca)
         life = cert.not_valid_after_utc - cert.not_valid_before_utc
         assert life.total_seconds() == 720 * 3600 + 60
 
 
-def test_secrets_yaml(bundle_dir: Path) -> None:
-    text = (bundle_dir / "secrets.yaml").read_text()
+def test_secrets_yaml(dev_bundle: Path) -> None:
+    text = (dev_bundle / "secrets.yaml").read_text()
     docs = re.split(r"(?m)^---\n", text)
     assert len(docs) == 4
     controller, *docs = docs
     assert "  name: outrelay-controller-tls\n" in controller
     assert "outrelay.dev/uri" not in controller
-    assert (bundle_dir / "controller.crt").read_text().splitlines()[1] in controller
+    assert (dev_bundle / "controller.crt").read_text().splitlines()[1] in controller
     names = ["outrelay-relay-tls", "outrelay-agent-provider-tls", "outrelay-agent-consumer-tls"]
     uris = ["outrelay://acme/relay/r1", PROVIDER, CONSUMER]
     stems = ["relay-r1", "agent-provider", "agent-consumer"]
@@ -68,14 +61,14 @@ def test_secrets_yaml(bundle_dir: Path) -> None:
         assert "    app.kubernetes.io/managed-by: outrelay\n" in doc
         assert f'    outrelay.dev/uri: "{uri}"\n' in doc
         assert "type: Opaque\nstringData:\n  tls.crt: |\n" in doc
-        cert = (bundle_dir / f"{stem}.crt").read_text()
+        cert = (dev_bundle / f"{stem}.crt").read_text()
         assert "".join(f"    {line}\n" for line in cert.splitlines()) in doc
         assert "  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n" in doc
         assert "  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n" in doc
 
 
-def test_controller_cert_names(bundle_dir: Path) -> None:
-    cert = x509.load_pem_x509_certificate((bundle_dir / "controller.crt").read_bytes())
+def test_controller_cert_names(dev_bundle: Path) -> None:
+    cert = x509.load_pem_x509_certificate((dev_bundle / "controller.crt").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     dns = san.get_values_for_type(x509.DNSName)
     assert "localhost" in dns
@@ -94,9 +87,9 @@ def test_options_and_validation(tmp_path: Path) -> None:
         write_dev_bundle(DevBundleConfig(out=tmp_path / "y", namespace="Bad Ns"))
 
 
-def test_secrets_yaml_parses(bundle_dir: Path) -> None:
+def test_secrets_yaml_parses(dev_bundle: Path) -> None:
     yaml = pytest.importorskip("yaml")
-    docs = list(yaml.safe_load_all((bundle_dir / "secrets.yaml").read_text()))
+    docs = list(yaml.safe_load_all((dev_bundle / "secrets.yaml").read_text()))
     assert [d["metadata"]["name"] for d in docs] == [
         "outrelay-controller-tls",
         "outrelay-relay-tls",
@@ -105,6 +98,6 @@ def test_secrets_yaml_parses(bundle_dir: Path) -> None:
     ]
     provider = docs[2]
     assert provider["metadata"]["annotations"]["outrelay.dev/uri"] == PROVIDER
-    assert provider["stringData"]["tls.crt"] == (bundle_dir / "agent-provider.crt").read_text()
-    assert provider["stringData"]["tls.key"] == (bundle_dir / "agent-provider.key").read_text()
-    assert provider["stringData"]["ca.crt"] == (bundle_dir / "ca.crt").read_text()
+    assert provider["stringData"]["tls.crt"] == (dev_bundle / "agent-provider.crt").read_text()
+    assert provider["stringData"]["tls.key"] == (dev_bundle / "agent-provider.key").read_text()
+    assert provider["stringData"]["ca.crt"] == (dev_bundle / "ca.crt").read_text()

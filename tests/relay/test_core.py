@@ -520,16 +520,12 @@ def test_candidate_and_checkpoint_forwarded_between_pair() -> None:
 # -- policy -------------------------------------------------------------------
 
 
-def _engine(*rules: Rule) -> PolicyEngine:
-    return PolicyEngine(rules)
-
-
 def _allow_all() -> Rule:
     return Rule("allow-all", "acme", "*", "*")
 
 
 def test_policy_allow_emits_two_audit_events() -> None:
-    w = World(_engine(_allow_all()))
+    w = World(PolicyEngine([_allow_all()]))
     pconn, puri = w.provider("svc")
     cconn, curi = w.agent()
     w.open(cconn, 4, "svc")
@@ -546,7 +542,9 @@ def test_policy_allow_emits_two_audit_events() -> None:
 
 def test_caller_side_deny_403_one_audit_event() -> None:
     w = World(
-        _engine(Rule("deny-svc", "acme", "*", "svc-deny", verdict=Verdict.DENY), _allow_all())
+        PolicyEngine(
+            [Rule("deny-svc", "acme", "*", "svc-deny", verdict=Verdict.DENY), _allow_all()]
+        )
     )
     w.provider("svc-deny")
     cconn, _ = w.agent()
@@ -557,14 +555,14 @@ def test_caller_side_deny_403_one_audit_event() -> None:
 
 
 def test_no_rule_denies() -> None:
-    w = World(_engine())
+    w = World(PolicyEngine())
     cconn, _ = w.agent()
     w.open(cconn, 4, "svc")
     assert w.reject_of(cconn, 4) == (403, "denied: no matching rule")
 
 
 def test_callee_side_deny_403() -> None:
-    w = World(_engine(_allow_all()))
+    w = World(PolicyEngine([_allow_all()]))
     pconn, puri = w.provider("svc")
     cconn, curi = w.agent()
     w.core.policy.add(Rule("callee-deny", "acme", puri, curi, verdict=Verdict.DENY))  # type: ignore[union-attr]
@@ -576,7 +574,7 @@ def test_callee_side_deny_403() -> None:
 
 
 def test_cache_hits_and_flush_on_change() -> None:
-    engine = _engine(_allow_all())
+    engine = PolicyEngine([_allow_all()])
     w = World(engine)
     pconn, _ = w.provider("svc")
     cconn, _ = w.agent()
@@ -591,7 +589,9 @@ def test_cache_hits_and_flush_on_change() -> None:
 
 
 def test_p2p_modes_combine() -> None:
-    w = World(_engine(Rule("req", "acme", "*", "svc", p2p_mode=P2PMode.REQUIRED), _allow_all()))
+    w = World(
+        PolicyEngine([Rule("req", "acme", "*", "svc", p2p_mode=P2PMode.REQUIRED), _allow_all()])
+    )
     pconn, _ = w.provider("svc")
     cconn, _ = w.agent()
     w.open(cconn, 4, "svc")
@@ -600,7 +600,7 @@ def test_p2p_modes_combine() -> None:
 
 
 def test_audit_queue_full_counts_drops() -> None:
-    w = World(_engine(), audit_depth=1)
+    w = World(PolicyEngine(), audit_depth=1)
     cconn, _ = w.agent()
     w.open(cconn, 4, "svc")
     w.open(cconn, 8, "svc")

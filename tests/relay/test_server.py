@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from outrelay.observe import Registry
-from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
 from outrelay.proto import registry_pb2
 from outrelay.relay.config import RelayConfig
 from outrelay.relay.errors import ControllerError
@@ -47,20 +46,13 @@ def _config(pki: Path, **kw: Any) -> RelayConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_dev_bundle(DevBundleConfig(out=out))
-    return out
-
-
-def test_heartbeat_and_ready_file(pki: Path, tmp_path: Path) -> None:
+def test_heartbeat_and_ready_file(dev_bundle: Path, tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
 
     async def main() -> FakeClient:
         client = FakeClient()
         relay = Relay(
-            _config(pki, heartbeat=0.05, ready_file=str(ready)),
+            _config(dev_bundle, heartbeat=0.05, ready_file=str(ready)),
             metrics=Registry(),
             client=client,  # type: ignore[arg-type]
         )
@@ -79,9 +71,9 @@ def test_heartbeat_and_ready_file(pki: Path, tmp_path: Path) -> None:
     assert client.closed
 
 
-def test_upsert_failure_is_start_error(pki: Path) -> None:
+def test_upsert_failure_is_start_error(dev_bundle: Path) -> None:
     async def main() -> None:
-        relay = Relay(_config(pki), metrics=Registry(), client=FakeClient(fail=True))  # type: ignore[arg-type]
+        relay = Relay(_config(dev_bundle), metrics=Registry(), client=FakeClient(fail=True))  # type: ignore[arg-type]
         try:
             with pytest.raises(StartError, match="UpsertRelay"):
                 await relay.start()

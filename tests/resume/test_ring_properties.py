@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outrelay.resume import _ring_py
+from conftest import outcome, twins
 from outrelay.resume.errors import PositionEvicted
 
 pytestmark = pytest.mark.dataplane
@@ -55,17 +53,6 @@ class Model:
                 self.capacity = new_cap
 
 
-def twins() -> list[Any]:
-    mods: list[Any] = [_ring_py]
-    if not os.environ.get("OUTRELAY_NO_EXTENSIONS"):
-        try:
-            mods.append(importlib.import_module("outrelay._fast._ring"))
-        except ImportError:
-            if os.environ.get("OUTRELAY_REQUIRE_EXTENSIONS"):
-                raise
-    return mods
-
-
 capacities = st.integers(min_value=-2, max_value=80)
 anchors = st.sampled_from(["head", "tail", "zero"])
 deltas = st.one_of(
@@ -100,18 +87,11 @@ def build_model(kind: str, a: int, b: int) -> Model:
     return Model(lo, lo, hi)
 
 
-def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    try:
-        return ("ok", fn(*args))
-    except Exception as exc:  # the type and text are what we compare
-        return (type(exc).__name__, str(exc))
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ctor=constructors, ops=operations)
 def test_twins_match_model(ctor: tuple[str, int, int], ops: list[tuple[str, Any, Any]]) -> None:
     model = build_model(*ctor)
-    rings = [build(mod, *ctor) for mod in twins()]
+    rings = [build(mod, *ctor) for mod in twins("ring")]
     for op, x, y in ops:
         if op == "write":
             payload = bytes((y + i) & 0xFF for i in range(x))
