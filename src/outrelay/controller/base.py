@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import apsw
 import grpc
 
+from outrelay.controller.hub import HubClosed, WatcherDropped
 from outrelay.controller.store import DuplicateRuleError, Store, StoreError
 from outrelay.errors import OutRelayError
 from outrelay.identity import valid_label
@@ -75,11 +76,16 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, DuplicateRuleError):
         await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    # Watch streams (the hub logged the drop)
+    if isinstance(exc, WatcherDropped):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, HubClosed):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     log.warning("store failed", extra=kv(err=str(exc)))
     await context.abort(grpc.StatusCode.INTERNAL, f"store: {exc}")
 
 
-_MAPPED = (InvalidArgument, StoreError, apsw.Error)
+_MAPPED = (InvalidArgument, StoreError, apsw.Error, WatcherDropped, HubClosed)
 
 
 def rpc_errors(

@@ -17,9 +17,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
-
-import grpc
+from typing import Generic, TypeVar
 
 from outrelay.observe import REGISTRY, Registry, kv
 
@@ -86,30 +84,17 @@ class Hub(Generic[E]):
 
     @contextlib.asynccontextmanager
     async def subscription(
-        self,
-        tenant: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-        accept: Callable[[E], bool] = lambda _e: True,
+        self, tenant: str, accept: Callable[[E], bool] = lambda _e: True
     ) -> AsyncIterator[Watcher[E]]:
         """One Watch RPC's watcher, unregistered when the block ends.
 
-        Ends the RPC with UNAVAILABLE when the hub is closed (now or while
-        streaming) and with RESOURCE_EXHAUSTED when the watcher was dropped.
+        Raises HubClosed (now or while streaming) and WatcherDropped like
+        :meth:`add` and :meth:`events`; ``base.stream_errors`` maps them to
+        UNAVAILABLE and RESOURCE_EXHAUSTED.
         """
-        try:
-            watcher = self.add(tenant, accept)
-        except HubClosed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        watcher = self.add(tenant, accept)
         try:
             yield watcher
-        except WatcherDropped as exc:
-            log.warning(
-                f"{self.name}: watcher dropped (slow consumer)",
-                extra=kv(watcher_id=watcher.id, tenant=tenant),
-            )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except HubClosed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             self.remove(watcher)
 

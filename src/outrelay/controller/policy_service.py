@@ -154,7 +154,7 @@ class PolicyService(pb_grpc.PolicyServicer):
         self, request: pb.WatchPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.PolicyEvent]:
         tenant = require_tenant(request.tenant)
-        async with self._hub.subscription(tenant, context) as watcher:
+        async with self._hub.subscription(tenant) as watcher:
             # registered first: an add racing the snapshot read is queued, not lost
             rules = await self._db.call(self._db.store.list_policies, tenant)
             log.info(

@@ -223,7 +223,7 @@ class RegistryService(pb_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.WatchEvent]:
         tenant = require_tenant(request.tenant)
         names = frozenset(request.service_names)
-        wanted = self._hub.subscription(tenant, context, lambda ev: not names or ev[1] in names)
+        wanted = self._hub.subscription(tenant, lambda ev: not names or ev[1] in names)
         async with wanted as watcher:
             async for _tenant, _name, event in self._hub.events(watcher):
                 yield event
