@@ -170,8 +170,11 @@ class Store:
             self._pragma("synchronous", "FULL")
             self._pragma("foreign_keys", "ON")
             self._migrate()
-            # the token tables' SQL lives in ApswTokenStore; our lock serialises it
-            self._tokens = ApswTokenStore(self._db, clock=lambda: self._clock() // 1000)
+            # the token tables' SQL lives in ApswTokenStore (migration 2 created
+            # them); our lock serialises it
+            self._tokens = ApswTokenStore(
+                self._db, clock=lambda: self._clock() // 1000, create_schema=False
+            )
         except apsw.Error as exc:
             raise StoreError(f"store: open {path}: {exc}") from exc
 

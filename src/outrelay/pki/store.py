@@ -79,7 +79,9 @@ class ApswTokenStore:
     private key) its own database; ``ApswTokenStore(connection)`` adds the
     tables to a database someone else owns (the controller's). Safe to share
     between threads: each transaction holds the instance's lock. ``clock``
-    gives the time in whole Unix seconds.
+    gives the time in whole Unix seconds. ``create_schema=False`` skips
+    creating the tables, for an owner that already did (the controller's
+    migrations).
     """
 
     SCHEMA = """
@@ -103,6 +105,7 @@ class ApswTokenStore:
         target: str | os.PathLike[str] | apsw.Connection,
         *,
         clock: Callable[[], int] = lambda: int(time.time()),
+        create_schema: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
@@ -120,8 +123,9 @@ class ApswTokenStore:
             if on_disk:
                 self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.set_busy_timeout(self.BUSY_TIMEOUT_MS)
-        with self._lock, self._transaction():
-            self._conn.execute(self.SCHEMA)
+        if create_schema:
+            with self._lock, self._transaction():
+                self._conn.execute(self.SCHEMA)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
