@@ -195,6 +195,15 @@ class World:
         msg = orp_pb2.OpenStream(target_service=service, stream_id=stream_id)
         self.data(conn, stream, frame(FrameType.OPEN_STREAM, msg) + extra)
 
+    def open_to_provider(
+        self, service: str = "svc", stream_id: int = 0, extra: bytes = b""
+    ) -> tuple[int, int, int]:
+        """A provider of ``service``, a consumer opening stream 4 to it: (pconn, cconn, sid)."""
+        pconn, _ = self.provider(service)
+        cconn, _ = self.agent()
+        self.open(cconn, 4, service, stream_id, extra)
+        return pconn, cconn, self.opened[pconn][-1]
+
     def frames(self, conn: int, stream: int) -> list[Frame]:
         return FrameDecoder().feed(bytes(self.sent[(conn, stream)]))
 

@@ -280,10 +280,7 @@ def test_unknown_service_404() -> None:
 
 def test_provider_rejects_503_and_provider_code_discarded() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc", stream_id=7)
-    sid = w.opened[pconn][-1]
+    pconn, cconn, sid = w.open_to_provider(stream_id=7)
     w.data(pconn, sid, frame(FrameType.STREAM_REJECT, orp_pb2.StreamReject(code=404, reason="x")))
     assert w.reject_of(cconn, 4) == (503, "provider rejected")
     assert (pconn, sid) in w.fin
@@ -292,19 +289,15 @@ def test_provider_rejects_503_and_provider_code_discarded() -> None:
 
 def test_provider_closes_without_answer_gives_bare_eof() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc")
-    w.data(pconn, w.opened[pconn][-1], b"", fin=True)
+    pconn, cconn, sid = w.open_to_provider()
+    w.data(pconn, sid, b"", fin=True)
     assert not w.sent[(cconn, 4)] and (cconn, 4) in w.fin
 
 
 def test_provider_other_frame_gives_bare_eof() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc")
-    w.data(pconn, w.opened[pconn][-1], frame(FrameType.PING))
+    pconn, cconn, sid = w.open_to_provider()
+    w.data(pconn, sid, frame(FrameType.PING))
     assert not w.sent[(cconn, 4)] and (cconn, 4) in w.fin
 
 
@@ -348,10 +341,7 @@ def test_first_frame_not_open_stream_closes_silently() -> None:
 
 def test_consumer_reset_before_answer_resets_provider_leg() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc", stream_id=9)
-    sid = w.opened[pconn][-1]
+    pconn, cconn, sid = w.open_to_provider(stream_id=9)
     w.apply(w.core.stream_aborted(cconn, 4))
     assert (pconn, sid) in w.reset
     assert w.core.pairs.get(9) is None and w.core.flows == 0
@@ -640,10 +630,7 @@ def test_early_data_follows_incoming_stream_and_credit_follows_acks() -> None:
 
 def test_early_data_unacked_incoming_stream_goes_to_the_splice() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc", extra=b"xyz")
-    sid = w.opened[pconn][-1]
+    pconn, cconn, sid = w.open_to_provider(extra=b"xyz")
     w.apply(w.core.stream_drained(pconn, sid, 10))
     _accept(w, pconn, b"resp")
     (splice,) = w.splices
@@ -673,11 +660,8 @@ def test_early_data_waits_while_resolving() -> None:
 
 def test_early_data_then_provider_rejects() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc", stream_id=3, extra=b"early")
+    pconn, cconn, sid = w.open_to_provider(stream_id=3, extra=b"early")
     w.data(cconn, 4, b"", fin=True)
-    sid = w.opened[pconn][-1]
     assert (pconn, sid) in w.fin  # the consumer's FIN went out as early data
     reject = frame(FrameType.STREAM_REJECT, orp_pb2.StreamReject(code=502, reason="dial"))
     w.data(pconn, sid, reject)  # the harness refuses a second FIN on the stream
@@ -690,10 +674,7 @@ def test_early_data_then_provider_rejects() -> None:
 
 def test_early_data_without_fin_then_provider_rejects() -> None:
     w = World()
-    pconn, _ = w.provider("svc")
-    cconn, _ = w.agent()
-    w.open(cconn, 4, "svc", extra=b"early")
-    sid = w.opened[pconn][-1]
+    pconn, cconn, sid = w.open_to_provider(extra=b"early")
     assert (pconn, sid) not in w.fin
     w.data(pconn, sid, frame(FrameType.STREAM_REJECT, orp_pb2.StreamReject(code=404)))
     assert w.reject_of(cconn, 4) == (503, "provider rejected")
