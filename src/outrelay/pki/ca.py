@@ -61,6 +61,20 @@ def _now(now: dt.datetime | None) -> dt.datetime:
     return now if now is not None else dt.datetime.now(dt.UTC)
 
 
+def _host_sans(
+    dns_names: Iterable[str], ip_addresses: Iterable[IPAddress | str]
+) -> list[x509.GeneralName]:
+    """DNS ``localhost`` then the other names (each once), then the IP addresses.
+
+    Raises ValueError when an entry of ``ip_addresses`` is not an IP address.
+    """
+    sans: list[x509.GeneralName] = [
+        x509.DNSName(d) for d in dict.fromkeys(["localhost", *dns_names])
+    ]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    return sans
+
+
 def cert_pem(cert: x509.Certificate) -> bytes:
     """A certificate as PEM (block type ``CERTIFICATE``)."""
     return cert.public_bytes(serialization.Encoding.PEM)
@@ -280,10 +294,7 @@ class CA:
         """
         parsed = check_csr(csr, identity)
         uri = str(identity)
-        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
-        dns = ["localhost", *(d for d in dns_names if d != "localhost")]
-        sans += [x509.DNSName(d) for d in dict.fromkeys(dns)]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        sans = [x509.UniformResourceIdentifier(uri), *_host_sans(dns_names, ip_addresses)]
         usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         return self._leaf(uri, parsed.public_key(), sans, usages, ttl, _now(now), backdate)
 
@@ -364,9 +375,7 @@ class CA:
         :func:`~outrelay.identity.peer_identity` refuses it).
         """
         key = new_key()
-        dns = dict.fromkeys(["localhost", *dns_names])
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        sans = _host_sans(dns_names, ip_addresses)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH]
         cert = self._leaf(common_name, key.public_key(), sans, usages, ttl, _now(now), BACKDATE)
         return key, cert
