@@ -145,8 +145,6 @@ def _ms_to_text(ms: int) -> str:
 
 _P2P = {"allowed": 0, "forbidden": 1, "required": 2}
 _RELAY = {"splice": 0, "forward": 1}
-_P2P_NAMES = {v: k for k, v in _P2P.items()}
-_RELAY_NAMES = {v: k for k, v in _RELAY.items()}
 
 
 @click.group()
@@ -155,6 +153,7 @@ def policy() -> None:
 
 
 def _rule_row(rule: Any) -> dict[str, Any]:
+    from outrelay.policy.convert import p2p_of, relay_mode_of
     from outrelay.proto import policy_pb2 as pb
 
     return {
@@ -163,8 +162,8 @@ def _rule_row(rule: Any) -> dict[str, Any]:
         "target": rule.target_pattern,
         "method": rule.method_pattern or "*",
         "decision": "deny" if rule.decision == pb.DECISION_DENY else "allow",
-        "p2p": _P2P_NAMES.get(rule.p2p_mode, "allowed"),
-        "relay": _RELAY_NAMES.get(rule.relay_mode, "splice"),
+        "p2p": p2p_of(rule.p2p_mode).name.lower(),
+        "relay": relay_mode_of(rule.relay_mode).name.lower(),
         "expires": _ms_to_text(rule.expires_unix_ms),
         "created": _ms_to_text(rule.created_at_unix_ms),
     }
