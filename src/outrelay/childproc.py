@@ -30,6 +30,11 @@ POLL_INTERVAL = 0.02
 LOG_TAIL = 8000
 
 
+def outrelay_argv(args: Sequence[str]) -> list[str]:
+    """The command line running ``outrelay *args`` with this interpreter."""
+    return [sys.executable, "-m", "outrelay", *args]
+
+
 def child_env(keep: Collection[str] = ()) -> dict[str, str]:
     """Our environment without ``OUTRELAY_*`` variables, except those named in ``keep``."""
     return {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_") or k in keep}
@@ -92,7 +97,7 @@ class ComponentProcess:
     @property
     def argv(self) -> list[str]:
         """The whole command line."""
-        return [sys.executable, "-m", "outrelay", *self.args]
+        return outrelay_argv(self.args)
 
     @property
     def pid(self) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from outrelay.childproc import ComponentProcess, NotReadyError, child_env
+from outrelay.childproc import ComponentProcess, NotReadyError, child_env, outrelay_argv
 
 TENANT = "acme"
 SERVICE = "web"
@@ -100,7 +100,7 @@ class Shell:
         return line.replace(str(self.state), "$STATE")
 
     def argv(self, args: Sequence[str]) -> list[str]:
-        return [sys.executable, "-m", "outrelay", *args]
+        return outrelay_argv(args)
 
     def run(self, args: Sequence[str], *, echo: bool = True) -> str:
         """Run a one-shot command; return its stdout. Raises DemoError on failure."""
@@ -131,11 +131,6 @@ class Child(ComponentProcess):
         # Its own session: terminal signals go to the demo only.
         super().__init__(name, args, shell.state, env=_child_env(), new_session=True)
         self.shell = shell
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """The ready file's content."""
-        return self.addresses
 
     def spawn(self) -> None:
         """Show the command, then start the process."""
@@ -244,7 +239,7 @@ class Demo:
 
     def info(self, name: str) -> dict[str, Any]:
         """The ready file of the child called ``name``."""
-        return self.child(name).info
+        return self.child(name).addresses
 
     def tls(self, stem: str) -> list[str]:
         """``--cert/--key/--ca`` options for the dev-bundle leaf ``stem``."""

@@ -100,7 +100,7 @@ class AgentProcess(testing.AgentProcess):
 
     @property
     def uri(self) -> str:
-        return str(self.info["uri"])
+        return str(self.addresses["uri"])
 
     def rejections(self, service: str) -> list[tuple[int, str]]:
         """(code, reason) of every stream to ``service`` this consumer logged as rejected."""

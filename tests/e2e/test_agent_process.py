@@ -128,7 +128,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, echo_backend: str) -> Iterator
 
 
 def test_ready_file_and_uri_default(env: Env) -> None:
-    info = env.consumer.info
+    info = env.consumer.addresses
     assert info["uri"] == f"outrelay://{TENANT}/agent/00000000-0000-0000-0000-000000000002"
     assert set(info["consume"]) == {"svc-echo", "svc-denied", "svc-down", "svc-missing"}
     assert all(not a.endswith(":0") for a in info["consume"].values())

@@ -46,19 +46,14 @@ class AgentProcess(ComponentProcess):
     def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
         super().__init__(name, ["agent", *args], workdir)
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """The ready file's content (``uri``, ``consume``, ``debug`` ...)."""
-        return self.addresses
-
     def consume_addr(self, service: str) -> tuple[str, int]:
         """(host, port) of the ``--consume`` listener for ``service``."""
-        host, _, port = self.info["consume"][service].rpartition(":")
+        host, _, port = self.addresses["consume"][service].rpartition(":")
         return host, int(port)
 
     def metrics(self) -> dict[str, Any]:
         """``/debug/metrics`` of an agent started with ``--debug-listen``."""
-        url = f"http://{self.info['debug']}/debug/metrics"
+        url = f"http://{self.addresses['debug']}/debug/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             data: dict[str, Any] = json.loads(resp.read())
             return data
