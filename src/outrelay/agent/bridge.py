@@ -106,11 +106,7 @@ async def bridge(a: Pair, b: Pair) -> tuple[int, int]:
         _abort(aw, bw)
         raise
     finally:
-        for writer in (aw, bw):
-            writer.close()
-        for writer in (aw, bw):
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        await asyncio.gather(close_writer(aw), close_writer(bw))
     if refused is not None:
         raise refused
     return counts[0], counts[1]

@@ -130,6 +130,8 @@ class _Data:
     phase: Phase
     stream_id: int = 0
     held: bytearray = field(default_factory=bytearray)
+    #: an OPENING consumer stream is opened anyway ("timeout") at this time
+    deadline: float = 0.0
 
     def move(self, to: Phase) -> None:
         if to not in TRANSITIONS[self.phase]:
@@ -163,10 +165,9 @@ class AgentProtocol:
         self._broken = False
         self._registers: list[tuple[str, float]] = []
         self._streams: dict[int, _Data] = {}
-        self._consumers: dict[int, int] = {}  # ORP stream id -> qid, while OPENING
-        # qid -> when an OPENING consumer stream is opened anyway ("timeout"). Kept
-        # apart from the streams so next_timer, asked after every event, is not O(streams).
-        self._ready_deadlines: dict[int, float] = {}
+        # ORP stream id -> qid, while OPENING: next_timer, asked after every
+        # event, looks only at these streams' deadlines, not at all streams
+        self._consumers: dict[int, int] = {}
 
     # -- state ------------------------------------------------------------
 
@@ -194,7 +195,7 @@ class AgentProtocol:
         times = [t for _, t in self._registers]
         if self._hello_deadline is not None:
             times.append(self._hello_deadline)
-        times += self._ready_deadlines.values()
+        times += (self._streams[qid].deadline for qid in self._consumers.values())
         return min(times, default=None)
 
     # -- commands (each returns the bytes to send) -------------------------
@@ -232,9 +233,10 @@ class AgentProtocol:
             raise ValueError(f"agent: QUIC stream {qid} is already in use")
         while stream_id == 0 or stream_id in self._consumers:
             stream_id = new_stream_id()
-        self._streams[qid] = _Data(Role.CONSUMER, Phase.OPENING, stream_id)
+        self._streams[qid] = _Data(
+            Role.CONSUMER, Phase.OPENING, stream_id, deadline=now + self.ready_timeout
+        )
         self._consumers[stream_id] = qid
-        self._ready_deadlines[qid] = now + self.ready_timeout
         return encode_message(
             FrameType.OPEN_STREAM,
             pb.OpenStream(target_service=target, method=method, stream_id=stream_id),
@@ -287,7 +289,6 @@ class AgentProtocol:
     def forget_stream(self, qid: int) -> None:
         """The shell is done with ``qid``; drop its state."""
         data = self._streams.pop(qid, None)
-        self._ready_deadlines.pop(qid, None)
         if data is not None and self._consumers.get(data.stream_id) == qid:
             del self._consumers[data.stream_id]
 
@@ -337,9 +338,10 @@ class AgentProtocol:
         if due:
             self._registers = [(n, t) for n, t in self._registers if now < t]
             out += [ev.RegisterTimedOut(name) for name in due]
-        for qid, at in list(self._ready_deadlines.items()):
-            if now >= at:
-                out += self._open_consumer(qid, self._streams[qid], "timeout", False)
+        for qid in list(self._consumers.values()):
+            stream = self._streams[qid]
+            if now >= stream.deadline:
+                out += self._open_consumer(qid, stream, "timeout", False)
         return out
 
     # -- control stream ---------------------------------------------------
@@ -420,7 +422,6 @@ class AgentProtocol:
 
     def _open_consumer(self, qid: int, stream: _Data, cause: str, fin: bool) -> list[ev.Event]:
         stream.move(Phase.OPEN)
-        self._ready_deadlines.pop(qid, None)
         self._consumers.pop(stream.stream_id, None)
         out: list[ev.Event] = [ev.StreamOpened(qid, stream.stream_id, cause)]
         if stream.held:
@@ -432,7 +433,6 @@ class AgentProtocol:
 
     def _close(self, qid: int, stream: _Data) -> None:
         stream.move(Phase.CLOSED)
-        self._ready_deadlines.pop(qid, None)
         stream.held.clear()
         self._consumers.pop(stream.stream_id, None)
 

@@ -234,18 +234,17 @@ class Session:
         self._rearm()
         if early_data:
             transport.send_head(frame)
-            _opened.inc()
-            return reader, writer
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._openers[qid] = fut
-        self.send(qid, frame)
-        try:
-            await fut
-        except BaseException:
-            transport.abort()
-            raise
-        finally:
-            self._openers.pop(qid, None)
+        else:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._openers[qid] = fut
+            self.send(qid, frame)
+            try:
+                await fut
+            except BaseException:
+                transport.abort()
+                raise
+            finally:
+                self._openers.pop(qid, None)
         _opened.inc()
         return reader, writer
 

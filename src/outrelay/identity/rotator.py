@@ -220,7 +220,7 @@ class Rotator:
             RotatorError: not bootstrapped.
             asyncio.CancelledError: when cancelled.
         """
-        self.next_renewal()  # fail fast if not bootstrapped
+        self._bootstrapped()  # fail fast
         while True:
             await asyncio.sleep(max(0.0, self.next_renewal() - self._clock()))
             try:
