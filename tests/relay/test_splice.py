@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from outrelay.observe import Registry
-from outrelay.relay.splice import SPLICE_ABORTED, Splice
+from outrelay.relay.splice import SPLICE_ABORTED, Splice, SpliceMeters
 from outrelay.transport import StreamClosedError
 
 
@@ -38,7 +38,7 @@ class FakeLeg:
 def _splice() -> tuple[Splice, FakeLeg, FakeLeg, Registry, list[Splice]]:
     a, b, reg = FakeLeg(), FakeLeg(), Registry()
     ended: list[Splice] = []
-    s = Splice(a, 4, b, 1, on_end=ended.append, metrics=reg)
+    s = Splice(a, 4, b, 1, on_end=ended.append, meters=SpliceMeters(reg))
     return s, a, b, reg, ended
 
 

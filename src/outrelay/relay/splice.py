@@ -97,17 +97,16 @@ class Splice:
         b_stream: int,
         *,
         on_end: Callable[[Splice], None] = lambda s: None,
-        metrics: Registry = REGISTRY,
         meters: SpliceMeters | None = None,
     ) -> None:
-        """``meters`` (from ``metrics`` when None) saves the lookups per splice."""
+        """``meters`` (one :class:`SpliceMeters` for all splices) saves the lookups per splice."""
         self.a, self.a_stream, self.b, self.b_stream = a, a_stream, b, b_stream
         self.ab = _Direction(a, a_stream, b, b_stream)
         self.ba = _Direction(b, b_stream, a, a_stream)
         self.on_end = on_end
         self.ended = False
         if meters is None:
-            meters = SpliceMeters(metrics)
+            meters = SpliceMeters()
         self.m_bytes = meters.bytes
         self.m_held = meters.held
         self.m_active = meters.active
