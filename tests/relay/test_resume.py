@@ -122,6 +122,9 @@ def test_core_match_writes_both_echoes_then_one_splice() -> None:  # A16
     }
     legs = {splice.a.conn: splice.a, splice.b.conn: splice.b}
     assert legs[aconn].pending == b"early-from-a"
+    # the echoes' acknowledgements are not credit for the other leg
+    assert legs[aconn].unacked == len(w.sent[(aconn, 4)])
+    assert legs[bconn].unacked == len(w.sent[(bconn, 4)])
     assert w.metrics.counter("resume_matched").value == 1
     assert w.metrics.gauge("resume_pending").value == 0
     assert w.core.flows == 1 and w.metrics.gauge("stream_active").value == 1
@@ -243,6 +246,8 @@ def test_core_migrate_to_relay_pairs_without_echo() -> None:  # A17
     assert not w.sent[(aconn, 4)]  # MIGRATE_TO_RELAY half: no echo
     assert _echo(w, bconn, 4) == (0xC0FFEE, 100, 80)
     assert len(w.splices) == 1 and isinstance(w.splices[0], StartSplice)
+    legs = {w.splices[0].a.conn: w.splices[0].a, w.splices[0].b.conn: w.splices[0].b}
+    assert legs[aconn].unacked == 0 and legs[bconn].unacked == len(w.sent[(bconn, 4)])
 
 
 def test_core_undecodable_resume_closes_and_id_zero_is_refused() -> None:

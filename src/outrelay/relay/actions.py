@@ -129,7 +129,7 @@ class Leg:
     sent: int = 0
     #: The core already forwarded this leg's FIN to the other leg.
     fin_sent: bool = False
-    #: Bytes the core wrote on this leg itself (INCOMING_STREAM) that its peer
+    #: Bytes the core wrote on this leg itself (INCOMING_STREAM, a resume echo) that its peer
     #: has not acknowledged yet: their acknowledgement is no credit for the
     #: other leg.
     unacked: int = 0

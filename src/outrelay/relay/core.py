@@ -1096,14 +1096,18 @@ class RelayCore:
             "stream resumed",
             extra=kv(stream_id=f"{h1.stream_id:016x}", a=h1.agent, b=h2.agent),
         )
+        # An echo is the core's own frame on that leg: its acknowledgement
+        # earns the other leg no credit (``unacked``, as INCOMING_STREAM's).
+        e1 = _echo(h1.stream_id, h2) if h1.echo else b""
+        e2 = _echo(h2.stream_id, h1) if h2.echo else b""
         actions: list[Action] = []
-        if h1.echo:
-            actions.append(Send(f1.conn, f1.stream, _echo(h1.stream_id, h2)))
-        if h2.echo:
-            actions.append(Send(f2.conn, f2.stream, _echo(h2.stream_id, h1)))
+        if e1:
+            actions.append(Send(f1.conn, f1.stream, e1))
+        if e2:
+            actions.append(Send(f2.conn, f2.stream, e2))
         f1.phase = _Phase.SPLICED
-        a = Leg(f1.conn, f1.stream, bytes(f1.pending), f1.fin)
-        b = Leg(f2.conn, f2.stream, rest, f2.fin)
+        a = Leg(f1.conn, f1.stream, bytes(f1.pending), f1.fin, unacked=len(e1))
+        b = Leg(f2.conn, f2.stream, rest, f2.fin, unacked=len(e2))
         f1.pending = bytearray()
         actions.append(StartSplice(f1.id, a, b))
         return actions
