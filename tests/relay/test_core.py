@@ -469,18 +469,87 @@ def test_registration_refused_on_retry_is_withdrawn() -> None:
     assert w.core.local.providers("acme", "svc") == []
 
 
-def test_newer_duplicate_connection_keeps_local_registrations() -> None:
+def test_older_session_ending_takes_only_its_registrations_newer_still_reached() -> None:
     w = World()
     old, uri = w.provider("svc")
     new, _ = w.connect(uri)
     w.hello(new, uri)
     w.apply(w.core.connection_closed(old))
-    assert w.core.local.providers("acme", "svc") == [(uri, new)]
+    # the registration was the old session's: gone from the local index, but
+    # the agent is still here, so no DeregisterAgent and the controller's row
+    # (same URI, this relay) leads to the newer session
+    assert w.core.local.providers("acme", "svc") == []
+    assert "DeregisterAgent" not in [c.method for c in w.controller.calls]
     c, _ = w.agent()
     w.open(c, 4, "svc")
     assert len(w.opened[new]) == 1
     w.apply(w.core.connection_closed(new))
-    assert w.core.local.providers("acme", "svc") == []
+    assert w.controller.calls[-1].method == "DeregisterAgent"
+
+
+def test_duplicate_session_ending_keeps_live_providers_registration() -> None:
+    """Finding 5: a second session of the provider's identity says HELLO and
+    goes; the first keeps its registration and nothing is deregistered."""
+    w = World()
+    first, uri = w.provider("svc")
+    dup, _ = w.connect(uri)
+    w.hello(dup, uri)
+    assert w.core.local.get(uri) == dup  # the newer session takes over the identity
+    assert first not in w.closed and dup not in w.closed
+    w.apply(w.core.connection_closed(dup))
+    assert "DeregisterAgent" not in [c.method for c in w.controller.calls]
+    assert w.core.local.providers("acme", "svc") == [(uri, first)]
+    assert w.core.local.get(uri) == first
+    c, _ = w.agent()
+    w.open(c, 4, "svc")
+    assert len(w.opened[first]) == 1
+
+
+def test_newer_session_registration_preferred_and_kept_when_older_ends() -> None:
+    w = World()
+    old, uri = w.provider("svc")
+    new, _ = w.connect(uri)
+    w.hello(new, uri)
+    w.data(new, 0, frame(FrameType.REGISTER, orp_pb2.Register(service_name="svc")))
+    assert w.core.local.providers("acme", "svc") == [(uri, new)]
+    w.apply(w.core.connection_closed(old))
+    assert w.core.local.providers("acme", "svc") == [(uri, new)]
+    assert "DeregisterAgent" not in [c.method for c in w.controller.calls]
+
+
+def test_too_many_sessions_of_one_identity_close_the_oldest_as_superseded() -> None:
+    from outrelay.relay.registry import MAX_SESSIONS_PER_AGENT
+
+    w = World()
+    first, uri = w.provider("svc")
+    conns = [first]
+    for _ in range(MAX_SESSIONS_PER_AGENT):
+        conn, _ = w.connect(uri)
+        w.hello(conn, uri)
+        conns.append(conn)
+    assert w.closed == {first: "superseded by a newer session"}
+    w.apply(w.core.connection_closed(first))
+    assert "DeregisterAgent" not in [c.method for c in w.controller.calls]
+    assert w.core.local.sessions(uri) == conns[1:]
+
+
+def test_registration_racing_a_deregistration_is_sent_again() -> None:
+    w = World()
+    old, uri = w.provider("svc")
+    w.controller.hold = True
+    w.apply(w.core.connection_closed(old))  # last session: DeregisterAgent (held)
+    new, _ = w.connect(uri)
+    w.hello(new, uri)
+    w.data(new, 0, frame(FrameType.REGISTER, orp_pb2.Register(service_name="svc")))
+    # the controller gets RegisterService first, then the older deregistration
+    register = w.pending_calls[1]
+    dereg = w.pending_calls[0]
+    w.pending_calls = []
+    w.controller.hold = False
+    w.reply(register)
+    w.reply(dereg)
+    assert w.controller.calls[-1].method == "RegisterService"
+    assert [p.agent_uri for p in w.controller.services[("acme", "svc")]] == [uri]
 
 
 def test_candidate_and_checkpoint_forwarded_between_pair() -> None:

@@ -141,11 +141,26 @@ def test_chooser_local_first_round_robin_remote_and_stale() -> None:
 
 def test_local_agents_newer_connection_wins() -> None:
     agents = LocalAgents()
-    assert agents.add("u", 1) is None
-    assert agents.add("u", 2) == 1
+    assert agents.add("u", 1) == []
+    assert agents.add("u", 2) == []
     assert not agents.remove("u", 1)
     assert agents.get("u") == 2
     assert agents.remove("u", 2) and "u" not in agents
+
+
+def test_local_agents_registrations_owned_by_session() -> None:
+    agents = LocalAgents()
+    agents.add("u", 1)
+    agents.provide("t", "s", "u", 1)
+    agents.add("u", 2)
+    assert agents.providers("t", "s") == [("u", 1)]
+    assert not agents.remove("u", 2)  # the newer session ends: the older keeps its own
+    assert agents.providers("t", "s") == [("u", 1)] and agents.get("u") == 1
+    agents.add("u", 3)
+    agents.provide("t", "s", "u", 3)
+    assert agents.providers("t", "s") == [("u", 3)]  # one entry, the newest session
+    assert not agents.remove("u", 3)
+    assert agents.providers("t", "s") == [("u", 1)]
 
 
 def test_errors_carry_codes() -> None:

@@ -25,11 +25,15 @@ from outrelay.proto import orp_pb2, registry_pb2
 from outrelay.relay.actions import (
     Action,
     CallController,
+    CloseConnection,
     Grant,
     Send,
     StopReading,
 )
 from outrelay.relay.state import CONTROL_STREAM, CoreState, _Agent, log
+
+#: Why the relay closes the oldest session of an identity that opened too many.
+SUPERSEDED = "superseded by a newer session"
 
 _FORWARDED: dict[int, type[Message]] = {
     FrameType.CANDIDATE_OFFER: orp_pb2.CandidateOffer,
@@ -62,12 +66,33 @@ class ControlFlow(CoreState):
             if uri not in self.local:
                 actions.append(self._deregister(tenant, uri))
         for agent in self._agents.values():
-            if not agent.hello_done or self.local.get(agent.uri) != agent.conn:
-                continue
-            for name, local_addr in sorted(agent.services.items()):
-                request = self._register_request(agent, name, local_addr)
-                token = self._token("reregister", agent.conn, request)
-                actions.append(CallController(token, "RegisterService", request))
+            actions += self._reregister(agent)
+        return actions
+
+    def _reregister(self, agent: _Agent) -> list[Action]:
+        """RegisterService again for every registration of this session."""
+        if not agent.hello_done or agent.refused:
+            return []
+        actions: list[Action] = []
+        for name, local_addr in sorted(agent.services.items()):
+            request = self._register_request(agent, name, local_addr)
+            token = self._token("reregister", agent.conn, request)
+            actions.append(CallController(token, "RegisterService", request))
+        return actions
+
+    def _deregistered(self, uri: str) -> list[Action]:
+        """A DeregisterAgent of ``uri`` came back done.
+
+        A session of that identity that came up meanwhile may have registered
+        before the deregistration reached the controller (two RPCs, no order
+        between them): its registrations are sent again, so a live provider is
+        never left deregistered.
+        """
+        actions: list[Action] = []
+        for conn in self.local.sessions(uri):
+            agent = self._agents.get(conn)
+            if agent is not None:
+                actions += self._reregister(agent)
         return actions
 
     def _register_request(
@@ -144,7 +169,7 @@ class ControlFlow(CoreState):
         if hello.agent_uri != agent.uri:
             return self._refuse(conn, "HELLO uri mismatch")
         agent.hello_done = True
-        self.local.add(agent.uri, conn)
+        superseded = self.local.add(agent.uri, conn)
         # back before the controller was: its old registrations must not be
         # deregistered later, over the ones it is about to replay
         self._deregs.discard((agent.identity.tenant, agent.uri))
@@ -153,6 +178,11 @@ class ControlFlow(CoreState):
         actions: list[Action] = [
             Send(conn, CONTROL_STREAM, encode_message(FrameType.HELLO_ACK, orp_pb2.HelloAck()))
         ]
+        for old in superseded:
+            # the oldest of too many sessions of this identity; its own
+            # registrations go with it, the newer sessions keep theirs
+            log.info("agent session superseded", extra=kv(agent=agent.uri, conn=old))
+            actions.append(CloseConnection(old, 0, SUPERSEDED))
         held, agent.held_streams = agent.held_streams, {}
         for stream, chunks in sorted(held.items()):
             for data, fin in chunks:
@@ -219,7 +249,7 @@ class ControlFlow(CoreState):
         request, agent.registering = agent.registering, None
         if request is not None:
             agent.services[request.service_name] = request.local_addr
-            self.local.provide(request.tenant, request.service_name, agent.uri)
+            self.local.provide(request.tenant, request.service_name, agent.uri, agent.conn)
         ack = orp_pb2.RegisterAck(service_id=service_id)
         actions: list[Action] = [
             Send(agent.conn, CONTROL_STREAM, encode_message(FrameType.REGISTER_ACK, ack))

@@ -230,8 +230,10 @@ class RelayCore(ControlFlow, OpenFlow, ResumeFlow):
         entry = self._tokens.pop(token, None)
         if entry is None:
             return []
-        kind, ref, _ = entry
-        if kind in ("deregister", "reregister"):
+        kind, ref, extra = entry
+        if kind == "deregister":
+            return self._deregistered(extra[1])
+        if kind == "reregister":
             return []
         if kind == "register":
             agent = self._agents.get(ref)
@@ -272,7 +274,7 @@ class RelayCore(ControlFlow, OpenFlow, ResumeFlow):
                     extra=kv(agent=agent.uri, service=retried.service_name, err=error.reason),
                 )
                 agent.services.pop(retried.service_name, None)
-                self.local.withdraw(retried.tenant, retried.service_name, agent.uri)
+                self.local.withdraw(retried.tenant, retried.service_name, agent.uri, agent.conn)
             return []
         if kind == "register":
             agent = self._agents.get(ref)

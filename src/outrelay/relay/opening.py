@@ -257,6 +257,6 @@ class OpenFlow(CoreState):
         # The provider's signal goes last: the transport flushes connections in
         # the order they were written to, so the provider's answer reaches the
         # consumer first (no observable order exists across two connections).
-        if self.local.get(flow.provider_uri) == flow.provider_conn:
+        if flow.provider_conn in self._agents:
             actions.append(Send(flow.provider_conn, CONTROL_STREAM, ready))
         return actions

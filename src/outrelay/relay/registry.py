@@ -1,9 +1,9 @@
 """The relay's view of the registry: live local agents and provider choice (§15).
 
-``LocalAgents`` maps an agent URI to the connection it is on (set after
-HELLO_ACK, removed when that connection ends) and remembers which services
-each connected agent registered here (added when the relay sends its
-REGISTER_ACK, dropped with the URI). ``ProviderChooser`` picks a provider:
+``LocalAgents`` maps an agent URI to the sessions (connections) it has here
+(added after HELLO_ACK, removed when the connection ends) and remembers which
+services each session registered (added when the relay sends its
+REGISTER_ACK, dropped with that session). ``ProviderChooser`` picks a provider:
 
 * :meth:`~ProviderChooser.choose_local`: one of the agents connected here
   that registered the service, round-robin, with no controller call
@@ -38,15 +38,30 @@ T = TypeVar("T")
 ServiceKey = tuple[str, str]
 
 
+#: Sessions one agent identity may hold on this relay at once; a newer one
+#: beyond this closes the oldest ("superseded by a newer session").
+MAX_SESSIONS_PER_AGENT = 4
+
+
 class LocalAgents:
-    """agent URI -> connection id of its live connection on this relay, and who provides what."""
+    """Live sessions of each agent URI on this relay, and who provides what.
+
+    Duplicate sessions (docs/relay.md "Duplicate sessions"): one identity may
+    have several sessions here at once (a restart that overlaps the old
+    connection's idle timeout, a second process, a stray probe). The newest
+    takes over the identity (:meth:`get`); a registration belongs to the
+    session (connection) that made it and goes only with that session; the
+    URI is gone -- and only then is the agent deregistered at the controller
+    -- when its last session ends.
+    """
 
     def __init__(self) -> None:
-        self._by_uri: dict[str, int] = {}
-        #: (tenant, service) -> URIs that registered it here, in registration order
-        self._providers: dict[ServiceKey, dict[str, None]] = {}
-        #: URI -> the services it registered here
-        self._services: dict[str, set[ServiceKey]] = {}
+        #: URI -> its sessions' connections, oldest first
+        self._by_uri: dict[str, list[int]] = {}
+        #: (tenant, service) -> (URI, conn) that registered it here, in order
+        self._providers: dict[ServiceKey, dict[tuple[str, int], None]] = {}
+        #: (URI, conn) -> the services that session registered here
+        self._services: dict[tuple[str, int], set[ServiceKey]] = {}
 
     def __contains__(self, uri: object) -> bool:
         return uri in self._by_uri
@@ -54,25 +69,35 @@ class LocalAgents:
     def __len__(self) -> int:
         return len(self._by_uri)
 
-    def add(self, uri: str, conn: int) -> int | None:
-        """Map ``uri`` to ``conn``; return the connection it replaces, if any."""
-        old = self._by_uri.get(uri)
-        self._by_uri[uri] = conn
-        return old if old != conn else None
+    def add(self, uri: str, conn: int) -> list[int]:
+        """Add ``conn`` as the newest session of ``uri``.
+
+        Returns the older sessions beyond :data:`MAX_SESSIONS_PER_AGENT`
+        (oldest first): the caller closes them; their :meth:`remove` follows.
+        """
+        conns = self._by_uri.setdefault(uri, [])
+        if conn in conns:
+            conns.remove(conn)
+        conns.append(conn)
+        excess = len(conns) - MAX_SESSIONS_PER_AGENT
+        return conns[:excess] if excess > 0 else []
 
     def remove(self, uri: str, conn: int) -> bool:
-        """Unmap ``uri`` if it still points at ``conn``; return whether it did.
+        """Forget the session ``conn`` of ``uri`` and the registrations it made.
 
-        Its registrations go with it (the relay deregisters the agent at the
-        controller at the same moment). A newer connection of the same URI
-        keeps its entry and the registrations (the reference deletes it
-        whichever connection ends, relay.md §17 Q5).
+        Returns True when it was the URI's last session here (then the relay
+        deregisters the agent at the controller); False when another session
+        of the URI is still up, or ``conn`` was not one of them.
         """
-        if self._by_uri.get(uri) != conn:
+        conns = self._by_uri.get(uri)
+        if conns is None or conn not in conns:
+            return False
+        conns.remove(conn)
+        for key in self._services.pop((uri, conn), ()):
+            self._drop(key, (uri, conn))
+        if conns:
             return False
         del self._by_uri[uri]
-        for key in self._services.pop(uri, ()):
-            self._drop(key, uri)
         return True
 
     def uris(self) -> list[str]:
@@ -80,40 +105,57 @@ class LocalAgents:
         return list(self._by_uri)
 
     def get(self, uri: str) -> int | None:
-        """The connection of ``uri``, or None."""
-        return self._by_uri.get(uri)
+        """The connection of the newest session of ``uri``, or None."""
+        conns = self._by_uri.get(uri)
+        return conns[-1] if conns else None
+
+    def sessions(self, uri: str) -> list[int]:
+        """Connections of every session of ``uri``, oldest first."""
+        return list(self._by_uri.get(uri, ()))
 
     # -- registrations --------------------------------------------------------
 
-    def provide(self, tenant: str, service: str, uri: str) -> None:
-        """``uri`` (connected) registered ``service`` of ``tenant`` and got REGISTER_ACK."""
-        if uri not in self._by_uri:
+    def provide(self, tenant: str, service: str, uri: str, conn: int) -> None:
+        """Session ``conn`` of ``uri`` registered ``service`` of ``tenant`` (REGISTER_ACK sent)."""
+        if conn not in self._by_uri.get(uri, ()):
             return
         key = (tenant, service)
-        self._providers.setdefault(key, {})[uri] = None
-        self._services.setdefault(uri, set()).add(key)
+        self._providers.setdefault(key, {})[(uri, conn)] = None
+        self._services.setdefault((uri, conn), set()).add(key)
 
-    def withdraw(self, tenant: str, service: str, uri: str) -> None:
-        """``uri`` no longer provides ``service`` (the controller refused it on retry)."""
+    def withdraw(self, tenant: str, service: str, uri: str, conn: int) -> None:
+        """Session ``conn`` no longer provides ``service`` (the controller refused it on retry)."""
         key = (tenant, service)
-        keys = self._services.get(uri)
+        keys = self._services.get((uri, conn))
         if keys is not None:
             keys.discard(key)
-        self._drop(key, uri)
+        self._drop(key, (uri, conn))
 
     def providers(self, tenant: str, service: str) -> list[tuple[str, int]]:
-        """(URI, connection) of every connected agent that registered the service here."""
-        uris = self._providers.get((tenant, service))
-        if not uris:
-            return []
-        by_uri = self._by_uri
-        return [(uri, by_uri[uri]) for uri in uris]
+        """(URI, connection) of every connected agent that registered the service here.
 
-    def _drop(self, key: ServiceKey, uri: str) -> None:
-        uris = self._providers.get(key)
-        if uris is not None:
-            uris.pop(uri, None)
-            if not uris:
+        An agent with several sessions that registered it appears once, with
+        the newest of those sessions.
+        """
+        owners = self._providers.get((tenant, service))
+        if not owners:
+            return []
+        newest: dict[str, int] = {}
+        for uri, conn in owners:
+            have = newest.get(uri)
+            if have is None:
+                newest[uri] = conn
+                continue
+            order = self._by_uri[uri]
+            if order.index(conn) > order.index(have):
+                newest[uri] = conn
+        return list(newest.items())
+
+    def _drop(self, key: ServiceKey, owner: tuple[str, int]) -> None:
+        owners = self._providers.get(key)
+        if owners is not None:
+            owners.pop(owner, None)
+            if not owners:
                 del self._providers[key]
 
 
