@@ -82,7 +82,9 @@ class FakeController:
 
 
 class World:
-    def __init__(self, policy: PolicyEngine | None = None, audit_depth: int = 1024) -> None:
+    def __init__(
+        self, policy: PolicyEngine | None = None, audit_depth: int = 1024, **core: Any
+    ) -> None:
         self.now = 1000.0
         self.metrics = Registry()
         self.audit = AuditQueue(audit_depth, registry=self.metrics) if policy is not None else None
@@ -94,6 +96,7 @@ class World:
             metrics=self.metrics,
             clock=lambda: self.now,
             wall_ms=lambda: int(self.now * 1000),
+            **core,
         )
         self.controller = FakeController()
         self.sent: dict[tuple[int, int], bytearray] = defaultdict(bytearray)

@@ -302,3 +302,24 @@ def test_idle_timeout_without_keepalive(pki: PKI) -> None:
     assert 0.9 < pair.now - start < 2.0
     (closed,) = _of(pair.client_events, ConnectionClosed)
     assert "Idle timeout" in closed.reason
+
+
+def test_peer_stream_credit_is_max_streams_and_streams_available_counts_it(pki: PKI) -> None:
+    """The server (a relay) sees how many streams the client (a provider) still
+    allows: the client's ``max_streams``; a stream that ends gives one back."""
+    from dataclasses import replace
+
+    pair = Pair(replace(pki.client_config(), max_streams=3), pki.server_config())
+    pair.run(lambda: _verified(pair))
+    assert pair.server.streams_available() == 3
+    assert pair.client.streams_available() == 1024  # the default, not aioquic's 128
+    ids = [pair.server.open_stream() for _ in range(3)]
+    assert pair.server.streams_available() == 0
+    for sid in ids:
+        pair.server.send(sid, b"x", end_stream=True)
+    _quiesce(pair, 0.2)
+    for sid in ids:
+        pair.client.grant(sid, 1)
+        pair.client.send(sid, b"", end_stream=True)
+    pair.run(lambda: pair.server.streams_available() > 0)
+    assert pair.server.streams_available() >= 1

@@ -51,6 +51,7 @@ from outrelay.agent.core import AgentProtocol
 from outrelay.agent.errors import (
     AgentError,
     BackendUnavailable,
+    CallerLimit,
     ConnectFailed,
     NoHandler,
     NotConnected,
@@ -140,6 +141,8 @@ class Agent:
         self.config = config
         self._uri: str | None = config.uri
         self._services: dict[str, _Service] = {}
+        #: caller URI -> incoming streams of it being served (fair share)
+        self._caller_streams: dict[str, int] = {}
         self._session: Session | None = None
         self._up = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -595,6 +598,31 @@ class Agent:
         writer: asyncio.StreamWriter,
     ) -> None:
         fields = kv(service=event.service, source=event.source_uri, stream_id=event.stream_id)
+        caller = event.source_uri
+        held = self._caller_streams.get(caller, 0)
+        if held >= self.config.max_streams_per_caller:
+            # one caller cannot take every stream this provider serves
+            log.warning("agent: rejecting incoming stream: caller stream limit", extra=fields)
+            session.reject(event.qid, CallerLimit.code, CallerLimit().reason)
+            return
+        self._caller_streams[caller] = held + 1
+        try:
+            await self._serve_counted(session, event, reader, writer, fields)
+        finally:
+            left = self._caller_streams[caller] - 1
+            if left:
+                self._caller_streams[caller] = left
+            else:
+                del self._caller_streams[caller]
+
+    async def _serve_counted(
+        self,
+        session: Session,
+        event: ev.IncomingStreamReceived,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        fields: dict[str, Any],
+    ) -> None:
         try:
             service = self._services.get(event.service)
             if service is None:

@@ -88,6 +88,9 @@ class AgentConfig:
     #: Smallest and largest ring of unacknowledged bytes per stream.
     ring_min: int = DEFAULT_MIN_RING_CAPACITY
     ring_max: int = DEFAULT_RING_CAPACITY
+    #: Concurrent incoming streams one caller identity may have here; more are
+    #: refused with STREAM_REJECT 503 (the relay applies its own limit first).
+    max_streams_per_caller: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.relays, str):
@@ -100,6 +103,8 @@ class AgentConfig:
             raise ValueError("agent: window must be positive")
         if self.resume_window < 0:
             raise ValueError("agent: resume_window must not be negative")
+        if self.max_streams_per_caller <= 0:
+            raise ValueError("agent: max_streams_per_caller must be positive")
         if not 0 < self.ring_min <= self.ring_max:
             raise ValueError("agent: need 0 < ring_min <= ring_max")
 

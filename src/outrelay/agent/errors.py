@@ -80,6 +80,15 @@ class NoHandler(ProviderRefusal):
         super().__init__(reason)
 
 
+class CallerLimit(ProviderRefusal):
+    """The caller already has its share of concurrent streams to this provider."""
+
+    code = 503
+
+    def __init__(self, reason: str = "caller stream limit reached") -> None:
+        super().__init__(reason)
+
+
 class BackendUnavailable(ProviderRefusal):
     """The local backend could not be dialled (refused, unreachable, timed out)."""
 

@@ -93,6 +93,13 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
     show_default=True,
     help="Largest per-stream ring (more unacknowledged bytes: the stream cannot resume).",
 )
+@click.option(
+    "--max-streams-per-caller",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Concurrent incoming streams one caller identity may have here; more get 503.",
+)
 @click.option("--debug-listen", default="", help="Debug HTTP HOST:PORT ('' disables).")
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @log_options
@@ -114,6 +121,7 @@ def agent(
     resume_window: float,
     ring_min: int,
     ring_max: int,
+    max_streams_per_caller: int,
     debug_listen: str,
     metrics_dump: str,
     log_format: str,
@@ -176,6 +184,7 @@ def agent(
             resume_window=resume_window,
             ring_min=ring_min,
             ring_max=ring_max,
+            max_streams_per_caller=max_streams_per_caller,
         ),
         expose=expose_maps,
         consume=consume_maps,

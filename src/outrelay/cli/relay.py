@@ -67,6 +67,14 @@ from outrelay.cli.types import DURATION, SIZE
     help="Age up to which a Resolve answer is used while the controller is unreachable.",
 )
 @click.option(
+    "--max-streams-per-caller",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Concurrent streams one caller identity may have to one provider identity "
+    "(all its connections together); more are refused at once with 503.",
+)
+@click.option(
     "--ready-file",
     default="",
     help='Write {"quic": "HOST:PORT", "debug": …, "relay_id": …} here once serving.',

@@ -76,6 +76,10 @@ class RelayConfig:
     resume_window: float = 30.0
     #: Seconds a Resolve answer may stand in for an unreachable controller.
     resolve_cache_ttl: float = 30.0
+    #: Concurrent streams one caller identity may have to one provider
+    #: identity, over all its connections; more are refused at once with
+    #: 503 ``caller stream limit reached``.
+    max_streams_per_caller: int = 256
 
     @property
     def tenants(self) -> list[str]:
@@ -103,5 +107,7 @@ class RelayConfig:
             raise ConfigError("--heartbeat must be positive")
         if self.resume_window <= 0:
             raise ConfigError("--resume-window must be positive")
+        if self.max_streams_per_caller <= 0:
+            raise ConfigError("--max-streams-per-caller must be positive")
         if self.resolve_cache_ttl < 0:
             raise ConfigError("--resolve-cache-ttl must not be negative")

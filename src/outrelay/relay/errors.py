@@ -60,6 +60,18 @@ class Unavailable(RelayError):
     default_reason = "provider rejected"
 
 
+class CallerLimit(Unavailable):
+    """The caller already has its share of concurrent streams to this provider."""
+
+    default_reason = "caller stream limit reached"
+
+
+class ProviderBusy(Unavailable):
+    """The provider's connection allows no more concurrent streams right now."""
+
+    default_reason = "provider stream limit reached"
+
+
 class ResumeRefused(RelayError):
     """A STREAM_RESUME / MIGRATE_TO_RELAY half that will never be paired."""
 

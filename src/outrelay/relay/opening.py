@@ -24,7 +24,15 @@ from outrelay.relay.actions import (
     StartSplice,
     acked_credit,
 )
-from outrelay.relay.errors import BadGateway, Collision, Denied, NotFound, Unavailable
+from outrelay.relay.errors import (
+    BadGateway,
+    CallerLimit,
+    Collision,
+    Denied,
+    NotFound,
+    ProviderBusy,
+    Unavailable,
+)
 from outrelay.relay.registry import Chosen
 from outrelay.relay.state import CONTROL_STREAM, CoreState, _Agent, _Flow, _Opening, _Phase, log
 
@@ -80,14 +88,18 @@ class OpenFlow(CoreState):
         flow.early -= n
         return [Grant(flow.conn, flow.stream, n)]
 
-    def stream_open_failed(self, token: int) -> list[Action]:
-        """The OpenStream of ``token`` failed (provider connection closing)."""
+    def stream_open_failed(self, token: int, *, busy: bool = False) -> list[Action]:
+        """The OpenStream of ``token`` failed: the provider connection is closing,
+        or (``busy``) it allows no more concurrent streams now (503 at once,
+        rather than a stream QUIC would queue until the provider frees one)."""
         entry = self._tokens.pop(token, None)
         if entry is None:
             return []
         flow = self._flows.get(entry[1])
         if flow is None or flow.phase is not _Phase.PROVIDER_OPENING:
             return []
+        if busy:
+            return self._reject(flow, ProviderBusy())
         return self._reject(flow, BadGateway("provider stream open failed"))
 
     # -- OPEN_STREAM flow ---------------------------------------------------
@@ -209,6 +221,9 @@ class OpenFlow(CoreState):
             if not callee.allowed:
                 return self._reject(flow, Denied("denied (callee): " + callee.reason))
             flow.p2p_mode = combine_p2p(flow.p2p_mode, callee.p2p_mode)
+        # Fair share: one caller cannot hold the provider's streams (finding 3).
+        if not self._take_slot(flow, flow.consumer_uri, provider):
+            return self._reject(flow, CallerLimit())
         # Checked before INCOMING_STREAM goes out, so a colliding OPEN_STREAM
         # never bothers the provider (the reference opens its stream first).
         if not self.pairs.record(req.stream_id, flow.consumer_uri, provider):

@@ -121,6 +121,9 @@ class ResumeFlow(CoreState):
         live = self.pairs.get(h1.stream_id)
         if live is not None and {live.consumer, live.provider} == {consumer, provider}:
             consumer, provider = live.consumer, live.provider
+        # the resumed stream is the caller's stream again: it holds a slot
+        # (never refused: the two agents already had it)
+        self._take_slot(f1, consumer, provider, force=True)
         if self.pairs.record(h1.stream_id, consumer, provider):
             f1.pair_id = h1.stream_id
         else:

@@ -118,6 +118,7 @@ class Relay:
             metrics=metrics,
             resume_window=config.resume_window,
             resolve_ttl=config.resolve_cache_ttl,
+            max_streams_per_caller=config.max_streams_per_caller,
         )
         self.watcher = (
             PolicyWatcher(tenants, self.engine, self.core.policy_changed)
@@ -401,6 +402,11 @@ class Relay:
 
     def _open_stream(self, action: OpenStream) -> None:
         link = self._links.get(action.conn)
+        if link is not None and not link.closed and link.streams_available() <= 0:
+            # QUIC would queue the stream until the provider frees one: refuse now
+            log.debug("provider stream credit exhausted", extra=kv(conn=action.conn))
+            self._apply(self.core.stream_open_failed(action.token, busy=True))
+            return
         try:
             if link is None:
                 raise TransportError("provider connection is gone")

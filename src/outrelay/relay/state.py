@@ -57,6 +57,9 @@ log = logging.getLogger("outrelay.relay")
 
 #: QUIC id of the control stream (the first client-initiated bidirectional one).
 CONTROL_STREAM = 0
+#: Concurrent streams one caller identity may have to one provider identity
+#: (across all of the caller's connections); more are refused with 503.
+MAX_STREAMS_PER_CALLER = 256
 #: Largest opening frame of a data stream we accept (well under the window,
 #: so a peer cannot stall a stream by announcing a frame it may never send).
 MAX_OPENING_FRAME = 64 * 1024
@@ -188,6 +191,8 @@ class _Flow:
     half: Half | None = None
     #: (conn, stream) keys of this flow in the core's stream index
     keys: list[tuple[int, int]] = field(default_factory=list)
+    #: (caller URI, provider URI) whose stream slot this flow holds, if any
+    slot: tuple[str, str] | None = None
 
 
 def _wall_ms() -> int:
@@ -215,6 +220,7 @@ class CoreState:
         wall_ms: Callable[[], int] = _wall_ms,
         resume_window: float = RESUME_WINDOW_S,
         resolve_ttl: float = RESOLVE_TTL_S,
+        max_streams_per_caller: int = MAX_STREAMS_PER_CALLER,
     ) -> None:
         self.relay_id = relay_id
         self.region = region
@@ -238,6 +244,9 @@ class CoreState:
         self._tokens: dict[int, tuple[str, int, Any]] = {}
         self._next_token = 1
         self._next_flow = 1
+        self.max_streams_per_caller = max_streams_per_caller
+        #: (caller URI, provider URI) -> streams held (fair share, see ``_take_slot``)
+        self._slots: dict[tuple[str, str], int] = {}
         m = metrics
         self.m_agents = m.gauge("agents_connected")
         self.m_refused = m.counter("connections_refused")
@@ -283,6 +292,38 @@ class CoreState:
         self._next_token += 1
         self._tokens[token] = (kind, ref, extra)
         return token
+
+    # -- fair share -----------------------------------------------------------
+
+    def _take_slot(self, flow: _Flow, caller: str, provider: str, *, force: bool = False) -> bool:
+        """Count ``flow`` as one of ``caller``'s streams to ``provider``.
+
+        False (and nothing counted) when the caller already holds
+        ``max_streams_per_caller`` of them, unless ``force`` (a resumed stream
+        takes its slot back whatever the count). The slot is given back when
+        the flow ends (``_finish``), however it ends.
+        """
+        key = (caller, provider)
+        held = self._slots.get(key, 0)
+        if held >= self.max_streams_per_caller and not force:
+            return False
+        self._slots[key] = held + 1
+        flow.slot = key
+        return True
+
+    def streams_held(self, caller: str, provider: str) -> int:
+        """Streams ``caller`` has to ``provider`` right now (tests, debug)."""
+        return self._slots.get((caller, provider), 0)
+
+    def _give_slot(self, flow: _Flow) -> None:
+        key, flow.slot = flow.slot, None
+        if key is None:
+            return
+        held = self._slots[key] - 1
+        if held:
+            self._slots[key] = held
+        else:
+            del self._slots[key]
 
     # -- endings ------------------------------------------------------------
 
@@ -352,6 +393,7 @@ class CoreState:
             return
         flow.phase = _Phase.DONE
         self._flows.pop(flow.id, None)
+        self._give_slot(flow)
         for key in flow.keys:
             if self._streams.get(key) is flow:
                 del self._streams[key]

@@ -83,6 +83,7 @@ class FlowControlledConnection(QuicConnection):
         *,
         configuration: QuicConfiguration,
         request_client_certificate: bool = False,
+        max_streams: int | None = None,
         **kwargs: Any,
     ) -> None:
         self._outrelay_request_client_cert = request_client_certificate
@@ -93,6 +94,20 @@ class FlowControlledConnection(QuicConnection):
         #: stream id -> MAX_STREAM_DATA the grants allow, where not advertised yet.
         self._outrelay_stream_limits: dict[int, int] = {}
         super().__init__(configuration=configuration, **kwargs)
+        if max_streams is not None:
+            # aioquic fixes the peer's concurrent bidirectional streams at 128;
+            # the value goes out in our transport parameters and grows by one
+            # per stream that ends, as before.
+            # ``sent`` too: the transport parameters announce ``value``.
+            limit = self._local_max_streams_bidi
+            limit.value = limit.sent = max_streams
+
+    # -- stream credit ----------------------------------------------------
+
+    def streams_available(self) -> int:
+        """Bidirectional streams we may still open before the peer's MAX_STREAMS blocks us."""
+        opened = self._local_next_stream_id_bidi // 4
+        return max(0, self._remote_max_streams_bidi - opened)
 
     # -- mTLS -----------------------------------------------------------
 
@@ -294,6 +309,10 @@ _SOURCE_FRAGMENTS: list[tuple[str, str]] = [
     ("_confirm_handshake", "self._handshake_confirmed = True"),
     ("__init__", "self._local_max_data = Limit("),
     ("__init__", "value=configuration.max_data"),
+    ("__init__", "self._local_max_streams_bidi = Limit("),
+    ("__init__", "self._remote_max_streams_bidi = 0"),
+    ("__init__", "self._local_next_stream_id_bidi = 0 if self._is_client else 1"),
+    ("_handle_max_streams_bidi_frame", "self._remote_max_streams_bidi = max_streams"),
     ("__init__", "self._local_max_stream_data_bidi_local = configuration.max_stream_data"),
     ("__init__", "self._local_max_stream_data_bidi_remote = configuration.max_stream_data"),
     ("_handle_stream_frame", "offset + length > stream.max_stream_data_local"),

@@ -45,6 +45,10 @@ class TransportConfig:
     verify_peer: bool = True
     #: Server only: refuse a client certificate without a URI SAN.
     require_uri: bool = True
+    #: Concurrent bidirectional streams the peer may open (QUIC MAX_STREAMS;
+    #: aioquic's own value is 128). Above the per-caller stream limits of
+    #: relay and agent (256), so one caller's share leaves room for others.
+    max_streams: int = 1024
 
     def __post_init__(self) -> None:
         if self.stream_window <= 0 or self.connection_window <= 0:
@@ -53,6 +57,8 @@ class TransportConfig:
             raise ValueError("transport: idle_timeout must be positive")
         if self.keepalive < 0:
             raise ValueError("transport: keepalive must not be negative")
+        if self.max_streams <= 0:
+            raise ValueError("transport: max_streams must be positive")
 
     def quic_configuration(self, *, is_client: bool) -> QuicConfiguration:
         """The aioquic configuration for one side of a connection."""

@@ -82,6 +82,7 @@ class OrpConnection:
         self._quic = FlowControlledConnection(
             configuration=config.quic_configuration(is_client=is_client),
             request_client_certificate=not is_client and config.verify_peer,
+            max_streams=config.max_streams,
             original_destination_connection_id=original_destination_connection_id,
         )
         if ca_certs is not None:
@@ -190,6 +191,15 @@ class OrpConnection:
         stream_id = self._quic.get_next_available_stream_id()
         self._quic.send_stream_data(stream_id, b"")  # materialise it: ids are not reused
         return stream_id
+
+    def streams_available(self) -> int:
+        """Streams :meth:`open_stream` can still open without waiting for the peer.
+
+        The peer allows a number of concurrent streams (QUIC MAX_STREAMS) and
+        raises it as streams end; a stream opened beyond it is queued by QUIC
+        until then. 0 means the peer's stream credit is used up.
+        """
+        return self._quic.streams_available()
 
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue ``data`` (and optionally FIN) on a stream; never blocks, never refuses.

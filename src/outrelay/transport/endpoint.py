@@ -86,6 +86,10 @@ class Link:
         self._driver.mark(self)
         return stream_id
 
+    def streams_available(self) -> int:
+        """Streams that can be opened now; see :meth:`OrpConnection.streams_available`."""
+        return self.conn.streams_available()
+
     def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue data on a stream; see :meth:`OrpConnection.send` (same errors)."""
         self.conn.send(stream_id, data, end_stream)
