@@ -63,3 +63,8 @@ def test_backoff_schedule() -> None:
     assert [backoff.next_delay() for _ in range(8)] == [0, 1, 2, 4, 8, 16, 30, 30]
     backoff.reset()
     assert backoff.next_delay() == 0
+
+
+def test_max_streams_per_caller_must_be_positive() -> None:
+    code, out = invoke("--cert", "c", "--key", "k", "--ca", "a", "--max-streams-per-caller", "0")
+    assert code == 2 and "--max-streams-per-caller" in out

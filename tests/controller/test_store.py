@@ -209,3 +209,13 @@ def serialization_raw(key: object) -> bytes:
     return key.private_bytes(  # type: ignore[attr-defined,no-any-return]
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
+
+
+def test_deregister_from_old_relay_spares_agent_that_moved(store: Store) -> None:
+    """The agent moved from r1 to r2: r1's late DeregisterAgent deletes nothing."""
+    store.register_provider("acme", "web", "a1", "r1", "")
+    store.register_provider("acme", "web", "a1", "r2", "")  # re-registered via r2
+    assert store.deregister_agent("acme", "a1", "r1") == []
+    assert [(p.agent_uri, p.relay_id) for p in store.resolve("acme", "web", "", 0)] == [
+        ("a1", "r2")
+    ]

@@ -41,3 +41,15 @@ def test_config_tenants_and_checks() -> None:
     with pytest.raises(ConfigError):
         RelayConfig(cert="c", key="k", ca="a", window=2 << 20, connection_window=1 << 20).check()
     RelayConfig(cert="c", key="k", ca="a").check()
+
+
+def test_max_streams_per_caller_option_env_and_bad_value() -> None:
+    result = CliRunner().invoke(cli, ["relay", "--max-streams-per-caller", "0"])
+    assert result.exit_code == 2 and "--max-streams-per-caller" in result.output
+    result = CliRunner().invoke(
+        cli, ["relay"], env={"OUTRELAY_RELAY_MAX_STREAMS_PER_CALLER": "lots"}
+    )
+    assert result.exit_code == 2 and "--max-streams-per-caller" in result.output
+    assert RelayConfig().max_streams_per_caller == 256
+    with pytest.raises(ConfigError):
+        RelayConfig(cert="c", key="k", ca="a", max_streams_per_caller=0).check()
