@@ -57,8 +57,13 @@ The agent path (relay.md §3-§7, §11, §12):
    A half that waits out the window (``timer``) or is refused ends with a
    STREAM_REJECT (504 / 409 / 403).
 
+REGISTER (OutRelay extension): ``relay.bind.check_register`` refuses a bad
+service name (400) and, with policy on, a registration no bind rule of the
+snapshot allows (403), with a STREAM_REJECT on the control stream, before
+the controller is asked.
+
 Controller outages: a Resolve that fails as unreachable falls back to the
-last good answer (``ResolveCache``); a REGISTER is acknowledged and kept;
+last good answer (``ResolveCache``); an allowed REGISTER is acknowledged and kept;
 ``controller_back`` re-sends registrations and failed deregistrations.
 
 Refusals are :class:`~errors.RelayError` subclasses carrying their reject
@@ -107,6 +112,7 @@ from outrelay.relay.actions import (
     acked_credit,
 )
 from outrelay.relay.audit import AuditQueue, audit_event, tenant_of
+from outrelay.relay.bind import check_register
 from outrelay.relay.cache import RESOLVE_TTL_S, DecisionCache, ResolveCache
 from outrelay.relay.errors import (
     TRANSIENT,
@@ -600,6 +606,12 @@ class RelayCore:
             except OrpError as exc:
                 log.warning("bad REGISTER", extra=kv(agent=agent.uri, err=str(exc)))
                 return []
+            refusal = check_register(
+                self.policy, agent.identity.tenant, agent.uri, reg.service_name, self.wall_ms()
+            )
+            if refusal is not None:
+                log.warning("register rejected", extra=kv(agent=agent.uri, err=refusal.reason))
+                return [Send(conn, CONTROL_STREAM, reject_frame(refusal))]
             token = self._token("register", conn)
             request = self._register_request(agent, reg.service_name, reg.local_addr)
             agent.registering = request
