@@ -8,9 +8,7 @@ a tenant are INVALID_ARGUMENT; a slow watcher ends with RESOURCE_EXHAUSTED.
 
 Registrations are checked (OutRelay extension, the reference checks
 neither): the service name must follow the rule of
-``outrelay.policy.names`` (else INVALID_ARGUMENT), ``agent_uri`` must be an
-agent identity of the request's tenant (else INVALID_ARGUMENT), and a bind
-rule of that tenant must allow the agent to provide the name, closed world:
+``outrelay.policy.names`` (else INVALID_ARGUMENT) and a bind rule of that tenant must allow the agent to provide the name, closed world:
 no matching ALLOW bind rule, or a matching DENY, is PERMISSION_DENIED with
 the reason. Dial rules never grant a registration.
 
@@ -46,7 +44,7 @@ from outrelay.controller.store import (
     Store,
     now_ms,
 )
-from outrelay.identity import IdentityError, Role, parse, valid_label
+from outrelay.identity import valid_label
 from outrelay.observe import kv
 from outrelay.policy import Action, PolicyEngine
 from outrelay.policy.bind import check_bind
@@ -116,14 +114,6 @@ def check_registration(request: pb.RegisterServiceRequest) -> None:
     except InvalidServiceName as exc:
         raise InvalidArgument(f"service_name: {exc}") from None
     require(request.agent_uri, "agent_uri")
-    try:
-        identity = parse(request.agent_uri)
-    except IdentityError as exc:
-        raise InvalidArgument(f"agent_uri: {exc}") from None
-    if identity.role is not Role.AGENT or identity.tenant != request.tenant:
-        raise InvalidArgument(
-            f"agent_uri: {request.agent_uri!r} is not an agent of tenant {request.tenant!r}"
-        )
 
 
 def bind_check(store: Store, tenant: str, agent_uri: str, service: str, now: int) -> str:
