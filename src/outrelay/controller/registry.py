@@ -7,10 +7,12 @@ is older than ``stale_after`` has its providers left out; requests without
 a tenant are INVALID_ARGUMENT; a slow watcher ends with RESOURCE_EXHAUSTED.
 
 Registrations are checked (OutRelay extension, the reference checks
-neither): the service name must follow the rule of
-``outrelay.policy.names`` (else INVALID_ARGUMENT) and a bind rule of that tenant must allow the agent to provide the name, closed world:
-no matching ALLOW bind rule, or a matching DENY, is PERMISSION_DENIED with
-the reason. Dial rules never grant a registration.
+neither): the service name must follow the rule of ``outrelay.policy.names``
+(else INVALID_ARGUMENT), and a bind rule of the tenant must allow the agent
+to provide the name, closed world: no matching ALLOW bind rule, or a
+matching DENY, is PERMISSION_DENIED with the reason. Dial rules never grant
+a registration. Bind rules are read from the store on every registration,
+so a rule added or removed applies to the next RegisterService.
 
 OutRelay extensions for operators: ListServices (every service of a tenant
 with all providers, stale ones flagged) and ListRelays (every relay with a
