@@ -84,7 +84,7 @@ class Env:
     async def provider(self, service: str, **kw: Any) -> tuple[ProbeAgent, asyncio.Task[None]]:
         agent = await self.agent()
         self.ctl.allow_bind(agent.uri, service)
-        ack = await agent.register(service)
+        ack = await agent.register_bound(service)
         assert ack.type == FrameType.REGISTER_ACK, ack
         assert orp_pb2.RegisterAck.FromString(ack.payload).service_id == f"{TENANT}/{service}"
         return agent, asyncio.create_task(echo_provider(agent, **kw))
@@ -290,7 +290,7 @@ def test_backpressure_relay_holds_at_most_the_window(env: Env) -> None:
     async def main() -> None:
         provider = await env.agent()
         env.ctl.allow_bind(provider.uri, "svc-slow")
-        assert (await provider.register("svc-slow")).type == FrameType.REGISTER_ACK
+        assert (await provider.register_bound("svc-slow")).type == FrameType.REGISTER_ACK
         provider.auto_grant = False  # a reader that does not read
         consumer = await env.agent()
         stream = consumer.open("svc-slow")
@@ -437,7 +437,7 @@ def test_early_data_reaches_the_provider_before_it_accepts(env: Env) -> None:
     async def main() -> None:
         provider = await env.agent()
         env.ctl.allow_bind(provider.uri, "svc-early")
-        assert (await provider.register("svc-early")).type == FrameType.REGISTER_ACK
+        assert (await provider.register_bound("svc-early")).type == FrameType.REGISTER_ACK
         consumer = await env.agent()
         stream = consumer.open("svc-early", stream_id=0xEA51)
         stream.write(payload, fin=True)

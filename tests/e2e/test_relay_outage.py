@@ -77,7 +77,7 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
             nonlocal restarted
             provider = await dial(relay, pki, "provider")
             ctl.allow_bind(provider.uri, "svc-out")
-            assert (await provider.register("svc-out")).type == FrameType.REGISTER_ACK
+            assert (await provider.register_bound("svc-out")).type == FrameType.REGISTER_ACK
             task = asyncio.create_task(echo_provider(provider))
             consumer = await dial(relay, pki, "consumer")
             flowing = consumer.open("svc-out")
