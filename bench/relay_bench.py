@@ -679,6 +679,8 @@ def orchestrate(args: argparse.Namespace) -> int:
             issue_certs(work, args)
             controller = ControllerProcess(work, work / "pki", args=["--log-level", "warn"])
             controller.start()
+            for i in range(args.providers):  # bind rules: who may provide SERVICE
+                controller.allow_bind(_uri_of(work / "certs" / f"provider-{i}.crt"), SERVICE)
             for rnd in range(args.rounds):
                 order = ("ours", "bare") if rnd % 2 == 0 else ("bare", "ours")
                 for system in order:

@@ -1,7 +1,7 @@
 """The wire schemas: generated code is fresh, and matches the spec tables.
 
 The tables below are wire.md §4 and control.md §3-§5 written as data, plus
-our extensions (Audit.RecordBatch, the Enrollment service). They are checked
+our extensions (Audit.RecordBatch, the Enrollment service, PolicyRule.action). They are checked
 against the descriptors of the committed generated modules, so a renamed or
 renumbered field fails here before it breaks interop with the reference.
 """
@@ -169,6 +169,7 @@ POLICY_MESSAGES: dict[str, Fields] = {
         (8, "created_at_unix_ms", "int64"),
         (9, "p2p_mode", "P2PMode"),
         (10, "relay_mode", "RelayMode"),
+        (11, "action", "RuleAction"),  # our extension: 0 = DIAL, what the reference means
     ],
     "AddPolicyRequest": [(1, "rule", "PolicyRule")],
     "AddPolicyResponse": [(1, "id", "string")],
@@ -241,6 +242,7 @@ ENUMS: dict[str, dict[str, int]] = {
     "Decision": {"DECISION_UNSPECIFIED": 0, "DECISION_ALLOW": 1, "DECISION_DENY": 2},
     "RelayMode": {"RELAY_MODE_SPLICE": 0, "RELAY_MODE_FORWARD": 1},
     "P2PMode": {"P2P_ALLOWED": 0, "P2P_FORBIDDEN": 1, "P2P_REQUIRED": 2},
+    "RuleAction": {"RULE_ACTION_DIAL": 0, "RULE_ACTION_BIND": 1},  # our extension
     "PolicyEvent.Kind": {
         "POLICY_KIND_UNSPECIFIED": 0,
         "POLICY_KIND_ADDED": 1,
@@ -284,7 +286,12 @@ SERVICES: dict[str, Methods] = {
 FILES: dict[str, tuple[str, dict[str, Fields], set[str], set[str]]] = {
     "orp": (ORP, ORP_MESSAGES, set(), set()),
     "registry": (CONTROL, REGISTRY_MESSAGES, {"EventKind"}, {"Registry"}),
-    "policy": (CONTROL, POLICY_MESSAGES, {"Decision", "RelayMode", "P2PMode"}, {"Policy"}),
+    "policy": (
+        CONTROL,
+        POLICY_MESSAGES,
+        {"Decision", "RelayMode", "P2PMode", "RuleAction"},
+        {"Policy"},
+    ),
     "audit": (CONTROL, AUDIT_MESSAGES, set(), {"Audit"}),
     "enrollment": (CONTROL, ENROLLMENT_MESSAGES, set(), {"Enrollment"}),
 }

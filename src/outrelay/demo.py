@@ -3,10 +3,11 @@
 ``python -m outrelay.demo`` makes a temporary state directory, writes a dev
 PKI into it, starts the controller (its SQLite file in the state directory),
 a relay and two agents as real ``outrelay`` processes, serves a small HTTP
-page behind the provider agent, shows that nothing flows without a policy,
-adds an allow rule with the operator CLI, fetches the page through the
-consumer agent's local port, prints the audit records and a metrics
-excerpt, and stops everything. Exit status 0 when every step worked, 1 with
+page behind the provider agent, shows the closed world (the provider may
+not register its service without a bind rule, and nothing flows without a
+dial rule), adds the bind rule and the allow rules with the operator CLI,
+fetches the page through the consumer agent's local port, prints the audit
+records and a metrics excerpt, and stops everything. Exit status 0 when every step worked, 1 with
 a one-line reason otherwise.
 
 Every child runs in a session of its own, so a Ctrl-C in the terminal
@@ -41,6 +42,7 @@ from types import FrameType
 from typing import Any
 
 from outrelay.childproc import ComponentProcess, NotReadyError, child_env, outrelay_argv
+from outrelay.identity import peer_uri
 
 TENANT = "acme"
 SERVICE = "web"
@@ -220,7 +222,7 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str, str]:
 class Demo:
     """The deployment: state directory, children in start order, the backend."""
 
-    STEPS = 9  # plus the final "stop everything", which always runs
+    STEPS = 11  # plus the final "stop everything", which always runs
 
     def __init__(self, state: Path) -> None:
         self.state = state
@@ -283,24 +285,35 @@ class Demo:
         relay = self.info("relay")
         say(f"QUIC on {relay['quic']}, metrics on http://{relay['debug']}/metrics")
 
-        self.heading("HTTP backend and two agents, both dialling out to the relay")
         self.backend = Backend()
-        say(f"backend (a thread of this demo) serves http://{self.backend.address}/")
         agent = ["agent", "--relay", relay["quic"]]
         expose = ["--expose", f"{SERVICE}={self.backend.address}"]
         consume = ["--consume", f"{SERVICE}=127.0.0.1:0"]
+        provider_args = [*agent, *self.tls("agent-provider"), *expose]
+
+        self.heading("closed world: no bind rule, so the provider may not register its service")
+        say(f"backend (a thread of this demo) serves http://{self.backend.address}/")
+        self.register_refused(provider_args)
+
+        self.heading("bind rule: this provider identity may provide the service")
+        provider_uri = peer_uri((self.pki / "agent-provider.crt").read_bytes())
+        rule = ["--caller", provider_uri, "--target", SERVICE, "--decision", "allow"]
+        out = self.shell.run(["policy", "add", "--action", "bind", *self.admin(), *rule])
+        say(f"rule id {out.strip()}")
+
+        self.heading("HTTP backend and two agents, both dialling out to the relay")
         self.start(
-            ("provider", [*agent, *self.tls("agent-provider"), *expose]),
+            ("provider", provider_args),
             ("consumer", [*agent, *self.tls("agent-consumer"), *consume]),
         )
         provider, consumer = self.info("provider"), self.info("consumer")
         say(f"provider {provider['uri']} exposes {SERVICE!r}")
         say(f"consumer {consumer['uri']} listens on {consumer['consume'][SERVICE]}")
 
-        self.heading("closed world: no policy yet, so no traffic")
+        self.heading("closed world: no dial rule yet, so no traffic")
         self.fetch_refused()
 
-        self.heading("allow policy, added with the operator CLI (admin certificate)")
+        self.heading("allow policy (dial rules), added with the operator CLI (admin certificate)")
         # The relay asks twice: may the consumer call the service (caller
         # side), and does the provider accept this consumer (callee side)?
         for caller, target in (("*", SERVICE), (provider["uri"], consumer["uri"])):
@@ -323,6 +336,25 @@ class Demo:
 
         self.heading("relay metrics excerpt")
         self.show_metrics(relay["debug"])
+
+    def register_refused(self, args: list[str]) -> None:
+        """Start the provider before its bind rule exists: it must exit 1 with the reason."""
+        child = Child(self.shell, "provider", args)
+        child.spawn()
+        try:
+            try:
+                child.wait_ready(STEP_TIMEOUT)
+            except NotReadyError as exc:
+                if exc.returncode != 1:
+                    raise DemoError("the unbound provider did not exit 1", child) from exc
+            else:
+                raise DemoError("the provider registered without a bind rule", child)
+        finally:
+            child.kill()
+        error = next((ln for ln in reversed(child.log_lines(20)) if "refused" in ln), "")
+        if "bind denied" not in error:
+            raise DemoError("the provider's refusal does not say 'bind denied'", child)
+        say(f"provider exited 1: {error.strip()}")
 
     def fetch_refused(self) -> None:
         consumer = self.child("consumer")

@@ -5,7 +5,9 @@
 127.0.0.1, with no policy rule yet. Its helpers start ``outrelay agent``
 processes (``outrelay.agent.testing.AgentProcess``), run the operator
 CLI with the admin leaf, read the relay's metrics and processes' VmRSS, and
-dial :class:`~outrelay.relay.testing.ProbeAgent` s. Every process is killed
+dial :class:`~outrelay.relay.testing.ProbeAgent` s. An agent started with
+``expose`` first gets the bind rules for it (``bind=False`` leaves it to
+the closed world). Every process is killed
 by PID when the module ends; every wait has a deadline.
 
 ``ctl`` (one per test module) is a controller process alone, for tests that
@@ -38,6 +40,7 @@ import pytest
 from outrelay.agent import testing
 from outrelay.childproc import ComponentProcess, child_env
 from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.identity import peer_uri
 from outrelay.orp import FrameType
 from outrelay.relay.testing import ProbeAgent, RelayProcess, close_all
 
@@ -168,9 +171,15 @@ class Stack:
         expose: dict[str, str] | None = None,
         consume: Sequence[str] = (),
         args: Sequence[str] = (),
+        bind: bool = True,
     ) -> AgentProcess:
-        """Start an agent process (identity ``who``, default a fresh one) and wait until ready."""
+        """Start an agent process (identity ``who``, default a fresh one) and wait until ready.
+
+        ``bind`` first adds the bind rules letting it provide what it exposes.
+        """
         cert, key = self.leaf(who or name)
+        if bind and expose:
+            self.ctl.allow_bind(peer_uri(cert.read_bytes()), *expose)
         cmd = ["--relay", self.relay_addr, "--cert", str(cert), "--key", str(key)]
         cmd += ["--ca", str(self.ca), *args]
         for service, backend in (expose or {}).items():
@@ -192,10 +201,12 @@ class Stack:
         assert done.returncode == 0, f"{args}: exit {done.returncode}: {done.stderr}"
         return done.stdout
 
-    def policy_add(self, rule_id: str, target: str, decision: str, caller: str = "*") -> None:
+    def policy_add(
+        self, rule_id: str, target: str, decision: str, caller: str = "*", action: str = "dial"
+    ) -> None:
         self.cli(
             "policy", "add", "--id", rule_id, "--caller", caller, "--target", target,
-            "--decision", decision,
+            "--decision", decision, "--action", action,
         )  # fmt: skip
 
     def policy_remove(self, rule_id: str) -> None:

@@ -22,6 +22,7 @@ from outrelay.agent import Agent, AgentConfig, StreamRejected
 from outrelay.agent.testing import AgentProcess, free_port
 from outrelay.childproc import ComponentProcess
 from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.identity import peer_uri
 from outrelay.proto import policy_pb2 as pp
 from outrelay.proto import policy_pb2_grpc as pg
 from outrelay.relay.testing import RelayProcess
@@ -79,6 +80,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, echo_backend: str) -> Iterator
             )
             stub.AddPolicy(pp.AddPolicyRequest(rule=rule), timeout=5)
         admin.close()
+        # closed world for providers too: each registration needs its bind rule
+        ctl.allow_bind(peer_uri((pki / "agent-provider.crt").read_bytes()), "svc-echo", "svc-down")
+        ctl.allow_bind(peer_uri((pki / "agent-consumer.crt").read_bytes()), "svc-sdk")
         relay_port = free_port()
         relay = _relay(work, pki, ctl, relay_port, "relay-1")
         procs.append(relay)

@@ -77,8 +77,8 @@ def test_usage_errors_exit_2(ctl: ControllerProcess, args: list[str]) -> None:
 
 
 def test_server_side_validation_exit_1(ctl: ControllerProcess) -> None:
-    res = run(ctl, *policy_add("a\nb", "--decision", "allow", tenant=None))
-    assert res.exit_code == 1 and "INVALID_ARGUMENT: rule.target_pattern" in res.output
+    res = run(ctl, *policy_add("*", "--decision", "allow", "--method", "x" * 2000, tenant=None))
+    assert res.exit_code == 1 and "INVALID_ARGUMENT: rule.method_pattern" in res.output
 
 
 @pytest.mark.parametrize(
@@ -154,6 +154,7 @@ def test_audit_and_registry(ctl: ControllerProcess) -> None:
         reg.UpsertRelay(
             rp.UpsertRelayRequest(id="r1", region="acme", endpoint="r1:7443"), timeout=5
         )
+        ctl.allow_bind("*", "web", "db", tenant="acme")
         for name, agent, rid in (("web", "a1", "r1"), ("web", "a0", "r1"), ("db", "d1", "r1")):
             reg.RegisterService(
                 rp.RegisterServiceRequest(

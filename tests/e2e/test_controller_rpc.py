@@ -51,7 +51,11 @@ def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]
         ],
     )
     try:
-        yield proc.start()
+        proc.start()
+        # registrations below need a bind rule (closed world); any agent of these tenants
+        for tenant in (T, "globex", "lists", "lists-other", "slowtest"):
+            proc.allow_bind("*", "*", tenant=tenant)
+        yield proc
     finally:
         proc.kill()
 

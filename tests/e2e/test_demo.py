@@ -21,8 +21,10 @@ HEADINGS = (
     "dev PKI",
     "controller",
     "relay r1",
+    "closed world: no bind rule",
+    "bind rule",
     "HTTP backend and two agents",
-    "closed world",
+    "closed world: no dial rule",
     "allow policy",
     "fetch a page",
     "audit records",
@@ -62,6 +64,11 @@ def test_demo_shows_traffic_and_stops_everything() -> None:
     for heading in HEADINGS:
         assert re.search(rf"^\[\d+/\d+\] {heading}", out, re.M), heading
     assert "$ outrelay policy add " in out and "--decision allow" in out
+    # the closed world for providers first, then the bind rule, before any traffic
+    refused = out.index("provider exited 1: ")
+    assert "bind denied: outrelay://acme/agent/" in out[refused:].splitlines()[0]
+    bind = out.index("$ outrelay policy add --action bind ")
+    assert refused < bind < out.index("provider is up") < out.index("-> 200 OK")
     assert "rejected: 403 denied: no matching rule" in out  # before the rule
     assert "-> 200 OK" in out
     assert "| Hello from the provider's backend! You asked for /hello" in out

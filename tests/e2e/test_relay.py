@@ -83,7 +83,8 @@ class Env:
 
     async def provider(self, service: str, **kw: Any) -> tuple[ProbeAgent, asyncio.Task[None]]:
         agent = await self.agent()
-        ack = await agent.register(service)
+        self.ctl.allow_bind(agent.uri, service)
+        ack = await agent.register_bound(service)
         assert ack.type == FrameType.REGISTER_ACK, ack
         assert orp_pb2.RegisterAck.FromString(ack.payload).service_id == f"{TENANT}/{service}"
         return agent, asyncio.create_task(echo_provider(agent, **kw))
@@ -220,10 +221,14 @@ def test_refused_certificates(env: Env, kind: str) -> None:
 def test_register_refused_answers_with_reject(env: Env) -> None:
     async def main() -> None:
         agent = await env.agent()
-        answer = await agent.register("")  # the controller requires a service name
+        answer = await agent.register("svc-unbound")  # no bind rule lets this agent provide it
         assert answer.type == FrameType.STREAM_REJECT
         rej = orp_pb2.StreamReject.FromString(answer.payload)
-        assert rej.code == 403 and rej.reason.startswith("register rejected: ")
+        assert rej.code == 403 and rej.reason.startswith("register rejected: bind denied: ")
+        answer = await agent.register("")  # breaks the service-name rule
+        rej = orp_pb2.StreamReject.FromString(answer.payload)
+        assert answer.type == FrameType.STREAM_REJECT and rej.code == 400
+        assert rej.reason.startswith("register rejected: invalid service name ''")
         agent.control.send_frame(FrameType.PING)
         assert (await agent.control_frame()).type == FrameType.PONG
         agent.close()
@@ -284,7 +289,8 @@ def test_backpressure_relay_holds_at_most_the_window(env: Env) -> None:
 
     async def main() -> None:
         provider = await env.agent()
-        assert (await provider.register("svc-slow")).type == FrameType.REGISTER_ACK
+        env.ctl.allow_bind(provider.uri, "svc-slow")
+        assert (await provider.register_bound("svc-slow")).type == FrameType.REGISTER_ACK
         provider.auto_grant = False  # a reader that does not read
         consumer = await env.agent()
         stream = consumer.open("svc-slow")
@@ -430,7 +436,8 @@ def test_early_data_reaches_the_provider_before_it_accepts(env: Env) -> None:
 
     async def main() -> None:
         provider = await env.agent()
-        assert (await provider.register("svc-early")).type == FrameType.REGISTER_ACK
+        env.ctl.allow_bind(provider.uri, "svc-early")
+        assert (await provider.register_bound("svc-early")).type == FrameType.REGISTER_ACK
         consumer = await env.agent()
         stream = consumer.open("svc-early", stream_id=0xEA51)
         stream.write(payload, fin=True)

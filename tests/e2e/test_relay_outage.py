@@ -76,7 +76,8 @@ def test_controller_sigkill_and_restart(tmp_path: Path) -> None:
         async def main() -> None:
             nonlocal restarted
             provider = await dial(relay, pki, "provider")
-            assert (await provider.register("svc-out")).type == FrameType.REGISTER_ACK
+            ctl.allow_bind(provider.uri, "svc-out")
+            assert (await provider.register_bound("svc-out")).type == FrameType.REGISTER_ACK
             task = asyncio.create_task(echo_provider(provider))
             consumer = await dial(relay, pki, "consumer")
             flowing = consumer.open("svc-out")

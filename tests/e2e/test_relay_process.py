@@ -42,7 +42,8 @@ def test_no_policy_splice_then_sigterm_deregisters(ctl: ControllerProcess) -> No
 
         async def main() -> None:
             provider = await dial(relay, pki, "provider")
-            assert (await provider.register("svc-echo")).type == FrameType.REGISTER_ACK
+            ctl.allow_bind(provider.uri, "svc-echo")
+            assert (await provider.register_bound("svc-echo")).type == FrameType.REGISTER_ACK
             task = asyncio.create_task(echo_provider(provider))
             consumer = await dial(relay, pki, "consumer")
             stream = consumer.open("svc-echo")
@@ -67,7 +68,8 @@ def test_sigterm_deregisters_connected_agents(ctl: ControllerProcess) -> None:
 
         async def main() -> None:
             agent = await dial(relay, pki, "provider")
-            assert (await agent.register("svc-stop")).type == FrameType.REGISTER_ACK
+            ctl.allow_bind(agent.uri, "svc-stop")
+            assert (await agent.register_bound("svc-stop")).type == FrameType.REGISTER_ACK
             assert reg.Resolve(req, timeout=5).providers
             stopped = await asyncio.to_thread(relay.stop)
             assert stopped == 0

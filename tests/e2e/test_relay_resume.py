@@ -48,7 +48,8 @@ def test_resume_on_a_new_relay_after_sigkill(ctl: ControllerProcess) -> None:
 
         async def main() -> None:
             provider = await dial(first, pki, "provider")
-            assert (await provider.register("svc-resume")).type == FrameType.REGISTER_ACK
+            ctl.allow_bind(provider.uri, "svc-resume")
+            assert (await provider.register_bound("svc-resume")).type == FrameType.REGISTER_ACK
             consumer = await dial(first, pki, "consumer")
             cs = consumer.open("svc-resume", stream_id=SID)
             ps = await asyncio.wait_for(provider.incoming.get(), 5)

@@ -16,7 +16,8 @@ from google.protobuf.message import Message
 
 from outrelay.observe import Registry
 from outrelay.orp import Frame, FrameDecoder, FrameType, encode_frame, encode_message
-from outrelay.policy import PolicyEngine
+from outrelay.policy import Action as RuleAction
+from outrelay.policy import PolicyEngine, Rule
 from outrelay.proto import orp_pb2, registry_pb2
 from outrelay.relay.actions import (
     Action,
@@ -38,6 +39,11 @@ RELAY_ID = "relay-test"
 
 def agent_uri(tenant: str = "acme") -> str:
     return f"outrelay://{tenant}/agent/{uuid.uuid4()}"
+
+
+def bind_rule(uri: str, service: str, tenant: str = "acme") -> Rule:
+    """An ALLOW bind rule: ``uri`` may provide ``service``."""
+    return Rule(f"bind-{uuid.uuid4()}", tenant, uri, service, action=RuleAction.BIND)
 
 
 def frame(ftype: int, msg: Message | None = None) -> bytes:
@@ -186,8 +192,15 @@ class World:
         assert self.frames(conn, 0)[0].type == FrameType.HELLO_ACK
         return conn, uri
 
-    def provider(self, service: str, tenant: str = "acme") -> tuple[int, str]:
+    def provider(self, service: str, tenant: str = "acme", *, bind: bool = True) -> tuple[int, str]:
+        """An agent past HELLO whose REGISTER of ``service`` was acknowledged.
+
+        With policy on, ``bind`` first adds a bind rule letting this agent
+        provide ``service`` (closed world: without one the REGISTER is refused).
+        """
         conn, uri = self.agent(tenant)
+        if bind and self.core.policy is not None:
+            self.core.policy.add(bind_rule(uri, service, tenant))
         self.data(conn, 0, frame(FrameType.REGISTER, orp_pb2.Register(service_name=service)))
         assert self.frames(conn, 0)[-1].type == FrameType.REGISTER_ACK
         return conn, uri

@@ -64,6 +64,7 @@ from outrelay.agent.stream import RelayStreamTransport
 from outrelay.errors import OutRelayError
 from outrelay.identity import IdentityError, parse, peer_uri
 from outrelay.observe import REGISTRY, kv
+from outrelay.policy.names import check_service_name
 from outrelay.resume import CHECKPOINT_PERIOD_MS
 from outrelay.transport import MiB, TransportConfig, connect
 
@@ -334,8 +335,9 @@ class Agent:
         Registers at once when connected (else at :meth:`start`).
 
         Raises:
-            RegisterFailed: the relay did not acknowledge the registration.
-            ValueError: the service is already exposed.
+            RegisterFailed: the relay did not acknowledge (or refused) the registration.
+            ValueError: the service is already exposed, or the name breaks the
+                service-name rule (``outrelay.policy.names.InvalidServiceName``).
         """
         await self._add(_Service(service, "", handler=handler))
 
@@ -346,12 +348,14 @@ class Agent:
         makes the stream fail with STREAM_REJECT 502 and the error text.
 
         Raises:
-            RegisterFailed: the relay did not acknowledge the registration.
-            ValueError: the service is already exposed.
+            RegisterFailed: the relay did not acknowledge (or refused) the registration.
+            ValueError: the service is already exposed, or the name breaks the
+                service-name rule (``outrelay.policy.names.InvalidServiceName``).
         """
         await self._add(_Service(service, format_hostport(host, port), host=host, port=port))
 
     async def _add(self, service: _Service) -> None:
+        check_service_name(service.name)
         if service.name in self._services:
             raise ValueError(f"agent: service {service.name!r} is already exposed")
         self._services[service.name] = service

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from outrelay.agent.core import HELLO_TIMEOUT, READY_TIMEOUT, REGISTER_TIMEOUT
 from outrelay.agent.stream import DEFAULT_HIGH_WATER
+from outrelay.policy.names import check_service_name
 from outrelay.resume import DEFAULT_MIN_RING_CAPACITY, DEFAULT_RING_CAPACITY, RESUME_WINDOW_S
 
 PathLike = str | os.PathLike[str]
@@ -35,17 +37,41 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+#: A backend or listener host: an IP literal or a DNS name (no scheme, no path).
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _valid_host(host: str) -> bool:
+    if ":" not in host:
+        return _HOST.fullmatch(host) is not None
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_mapping(value: str) -> tuple[str, str, int]:
     """Split ``NAME=HOST:PORT`` into ``(name, host, port)``.
 
+    NAME must follow the service-name rule (``outrelay.policy.names``); HOST
+    is an IP address (IPv6 in brackets) or a DNS name, never a URL.
+
     Raises:
-        ValueError: no ``=``, an empty name, or a bad ``HOST:PORT``.
+        ValueError: no ``=``, a bad name (the message states the rule), or a
+            bad ``HOST:PORT``.
     """
     name, sep, addr = value.partition("=")
     name = name.strip()
     if not sep or not name:
         raise ValueError(f"expected NAME=HOST:PORT, got {value!r}")
+    check_service_name(name)
     host, port = parse_hostport(addr)
+    if not _valid_host(host):
+        raise ValueError(
+            f"expected NAME=HOST:PORT with HOST an IP address or a DNS name "
+            f"(no scheme or path), got {value!r}"
+        )
     return name, host, port
 
 

@@ -12,7 +12,9 @@ return (:meth:`hello`, :meth:`register`, :meth:`open_stream`, ...).
 Control stream: HELLO, then HELLO_ACK must be the first frame back (anything
 else is a :class:`ProtocolViolated`). REGISTER_ACKs are matched to pending
 REGISTERs by the service id's ``/<name>`` suffix, else in order; a REGISTER
-unanswered for ``register_timeout`` seconds gives :class:`RegisterTimedOut`
+unanswered for ``register_timeout`` seconds gives :class:`RegisterTimedOut`;
+a STREAM_REJECT on the control stream answers the oldest pending REGISTER
+(:class:`RegisterRejected`, an OutRelay relay's refusal)
 (the relay answers a refused registration with silence).
 
 Consumer data stream (we sent OPEN_STREAM): the relay never sends
@@ -388,6 +390,11 @@ class AgentProtocol:
                 return self._stream_ready(decode_message(frame, ftype, pb.StreamReady).stream_id)
             if ftype == FrameType.PONG:
                 return [ev.PongReceived()]
+            if ftype == FrameType.STREAM_REJECT and self._registers:
+                rej = decode_message(frame, ftype, pb.StreamReject)
+                # the relay answers REGISTERs one at a time, in order
+                name, _ = self._registers.pop(0)
+                return [ev.RegisterRejected(name, rej.code, rej.reason)]
             if ftype == FrameType.OBSERVED_ADDR_RESP:
                 resp = decode_message(frame, ftype, pb.ObservedAddrResp)
                 return [ev.ObservedAddressReceived(resp.request_id, resp.ip, resp.port)]

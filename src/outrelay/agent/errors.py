@@ -54,10 +54,11 @@ class HandshakeFailed(AgentError):
 
 
 class RegisterFailed(AgentError):
-    """REGISTER got no REGISTER_ACK in time.
+    """REGISTER got no REGISTER_ACK in time, or the relay refused it.
 
-    The relay sends nothing at all when the controller refuses a registration
-    (relay.md §5), so a timeout is the only failure signal.
+    A reference relay sends nothing at all when the controller refuses a
+    registration (relay.md §5), so a timeout is its only failure signal; an
+    OutRelay relay answers with STREAM_REJECT (code and reason in the message).
     """
 
 

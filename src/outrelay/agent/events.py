@@ -47,6 +47,23 @@ class RegisterTimedOut(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RegisterRejected(Event):
+    """The relay answered a REGISTER with STREAM_REJECT on the control stream.
+
+    OutRelay relays do this for a bad service name (400), a registration no
+    bind rule allows (403) or one the controller refused; a reference relay
+    sends nothing (then only ``RegisterTimedOut`` comes).
+    """
+
+    #: The service name we tried to register (the oldest pending REGISTER).
+    name: str
+    #: The reject code.
+    code: int
+    #: The relay's reason.
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PongReceived(Event):
     """The relay answered a PING."""
 

@@ -472,6 +472,18 @@ class Session:
             if not fut.done():
                 fut.set_result(event.service_id)
 
+    def _register_rejected(self, event: ev.RegisterRejected) -> None:
+        futs = self._registers.get(event.name)
+        if futs:
+            fut = futs.pop(0)
+            if not fut.done():
+                fut.set_exception(
+                    RegisterFailed(
+                        f"agent: REGISTER {event.name!r} refused by the relay: "
+                        f"{event.code} {event.reason}"
+                    )
+                )
+
     def _register_timed_out(self, event: ev.RegisterTimedOut) -> None:
         futs = self._registers.get(event.name)
         if futs:
@@ -647,6 +659,7 @@ _HANDLERS: dict[type, Callable[[Session, Any], None]] = {
     ev.ProtocolViolated: Session._violated,
     ev.ServiceRegistered: Session._registered,
     ev.RegisterTimedOut: Session._register_timed_out,
+    ev.RegisterRejected: Session._register_rejected,
     ev.StreamOpened: Session._stream_opened,
     ev.StreamRejected: Session._stream_rejected,
     ev.StreamAborted: Session._stream_aborted,

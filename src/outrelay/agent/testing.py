@@ -27,6 +27,7 @@ from typing import Any
 
 from outrelay.childproc import ComponentProcess
 from outrelay.controller.testing import ControllerProcess, dev_pki
+from outrelay.identity import peer_uri
 from outrelay.relay.testing import RelayProcess
 from outrelay.transport import MiB
 
@@ -167,6 +168,7 @@ class FailoverLab:
         self.provider: AgentProcess | None = None
         self.consumer: AgentProcess | None = None
         self._generation = 0
+        self._bound = False
 
     # -- processes ----------------------------------------------------------
 
@@ -216,6 +218,9 @@ class FailoverLab:
         ]
         if role == "provider":
             args += ["--expose", f"svc-sink=127.0.0.1:{self.sink.port}"]
+            if not self._bound:  # the bind rule that lets the provider register
+                self.ctl.allow_bind(peer_uri((pki / "agent-provider.crt").read_bytes()), "svc-sink")
+                self._bound = True
         else:
             args += ["--consume", "svc-sink=127.0.0.1:0"]
         self._generation += 1

@@ -145,21 +145,31 @@ def _ms_to_text(ms: int) -> str:
 
 _P2P = {"allowed": 0, "forbidden": 1, "required": 2}
 _RELAY = {"splice": 0, "forward": 1}
+_ACTION = {"dial": 0, "bind": 1}
 
 
 @click.group()
 def policy() -> None:
-    """Add, list and remove policy rules."""
+    """Add, list and remove policy rules.
+
+    \b
+    Two kinds of rule, closed world each (no matching ALLOW: refused):
+      dial  who may open a stream to a service (caller -> service name),
+            and callee-side which consumers a provider accepts
+      bind  who may provide (register) a service (provider -> service name)
+    A dial rule never allows a registration and a bind rule never a stream.
+    """
 
 
 def _rule_row(rule: Any) -> dict[str, Any]:
-    from outrelay.policy.convert import p2p_of, relay_mode_of
+    from outrelay.policy.convert import action_of, p2p_of, relay_mode_of
     from outrelay.proto import policy_pb2 as pb
 
     return {
         "id": rule.id,
         "caller": rule.caller_pattern,
         "target": rule.target_pattern,
+        "action": action_of(rule.action).name.lower(),
         "method": rule.method_pattern or "*",
         "decision": "deny" if rule.decision == pb.DECISION_DENY else "allow",
         "p2p": p2p_of(rule.p2p_mode).name.lower(),
@@ -171,9 +181,26 @@ def _rule_row(rule: Any) -> dict[str, Any]:
 
 @policy.command("add")
 @click.option("--tenant", default="", help=TENANT_HELP)
-@click.option("--caller", required=True, help="Caller identity glob (* matches anything).")
-@click.option("--target", required=True, help="Target service glob.")
-@click.option("--method", default="", help="Method glob; empty matches any.")
+@click.option(
+    "--action",
+    type=click.Choice(sorted(_ACTION), case_sensitive=False),
+    default="dial",
+    show_default=True,
+    help="dial: who may open streams to the target; bind: who may provide (register) it.",
+)
+@click.option(
+    "--caller",
+    required=True,
+    help="Caller identity glob: '*' or 'outrelay://...' ('*' matches any run). "
+    "For --action bind, the provider agent's identity.",
+)
+@click.option(
+    "--target",
+    required=True,
+    help="Service name glob (a-z, 0-9, '-', '*'); a dial rule may also name a "
+    "consumer identity glob (callee side).",
+)
+@click.option("--method", default="", help="Method glob; empty matches any (dial rules only).")
 @click.option(
     "--decision", required=True, type=click.Choice(["allow", "deny"], case_sensitive=False)
 )
@@ -188,10 +215,25 @@ def _rule_row(rule: Any) -> dict[str, Any]:
 @client_options
 @rpc_errors
 def policy_add(**kw: Any) -> None:
-    """Add a rule; prints its id."""
+    """Add a rule; prints its id.
+
+    \b
+    outrelay policy add --caller '*' --target web --decision allow
+    outrelay policy add --action bind --decision allow \\
+        --caller 'outrelay://acme/agent/<uuid>' --target web
+    """
+    from outrelay.policy.names import InvalidPattern, check_caller_pattern, check_target_pattern
     from outrelay.proto import policy_pb2 as pb
     from outrelay.proto import policy_pb2_grpc as pb_grpc
 
+    action = _ACTION[kw["action"].lower()]
+    try:
+        check_caller_pattern(kw["caller"], "--caller")
+        check_target_pattern(kw["target"], bind=action == _ACTION["bind"], field="--target")
+    except InvalidPattern as exc:
+        fail(str(exc), usage=True)
+    if action == _ACTION["bind"] and kw["method"]:
+        fail("--method: bind rules have no method", usage=True)
     cfg = _client(kw)
     expires = int((time.time() + kw["expires"]) * 1000) if kw["expires"] > 0 else 0
     rule = pb.PolicyRule(
@@ -204,6 +246,7 @@ def policy_add(**kw: Any) -> None:
         expires_unix_ms=expires,
         p2p_mode=_P2P[kw["p2p_mode"].lower()],  # type: ignore[arg-type]
         relay_mode=_RELAY[kw["relay_mode"].lower()],  # type: ignore[arg-type]
+        action=action,  # type: ignore[arg-type]
     )
     with open_channel(cfg) as ch:
         resp = pb_grpc.PolicyStub(ch).AddPolicy(pb.AddPolicyRequest(rule=rule), timeout=RPC_TIMEOUT)
@@ -227,7 +270,7 @@ def policy_list(**kw: Any) -> None:
         resp = pb_grpc.PolicyStub(ch).ListPolicies(
             pb.ListPoliciesRequest(tenant=kw["tenant"]), timeout=RPC_TIMEOUT
         )
-    columns = ("id", "caller", "target", "method", "decision", "p2p", "relay", "expires")
+    columns = ("id", "caller", "target", "action", "method", "decision", "p2p", "relay", "expires")
     emit(cfg, [_rule_row(r) for r in resp.rules], columns)
 
 

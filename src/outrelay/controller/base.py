@@ -6,6 +6,7 @@ calls are serialised. ``rpc_errors`` turns the errors of a handler into
 gRPC statuses in one place:
 
 * ``InvalidArgument`` → INVALID_ARGUMENT (the message names the field)
+* ``PermissionDenied`` → PERMISSION_DENIED (a policy refused the request)
 * ``DuplicateRuleError`` → ALREADY_EXISTS
 * ``StoreError`` / ``apsw.Error`` → INTERNAL (``store: …``)
 """
@@ -36,6 +37,10 @@ log = logging.getLogger("outrelay.controller")
 
 class InvalidArgument(OutRelayError):
     """A request field is missing or malformed; the message names the field."""
+
+
+class PermissionDenied(OutRelayError):
+    """Policy refuses the request (e.g. no bind rule for a registration)."""
 
 
 class Db:
@@ -74,6 +79,8 @@ def require_tenant(value: str, field: str = "tenant") -> str:
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     if isinstance(exc, InvalidArgument):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, PermissionDenied):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, DuplicateRuleError):
         await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
     # Watch streams (the hub logged the drop)
@@ -85,7 +92,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     await context.abort(grpc.StatusCode.INTERNAL, f"store: {exc}")
 
 
-_MAPPED = (InvalidArgument, StoreError, apsw.Error, WatcherDropped, HubClosed)
+_MAPPED = (InvalidArgument, PermissionDenied, StoreError, apsw.Error, WatcherDropped, HubClosed)
 
 
 def rpc_errors(

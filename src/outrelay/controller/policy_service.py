@@ -1,9 +1,13 @@
 """``outrelay.control.v1.Policy``: store policy rules and stream them to relays.
 
 Differences from the reference (docs/controller.md): rules are validated
-(tenant label, non-empty patterns without control characters, decision
-ALLOW or DENY, known modes, expiry 0 or in the future) and bad ones are
-INVALID_ARGUMENT naming the field; a duplicate id is ALREADY_EXISTS; live
+(tenant label; a caller pattern ``*`` or an ``outrelay://`` glob; a target
+pattern that is a service name or a glob over them, or for a dial rule an
+identity glob -- see ``outrelay.policy.names``; decision ALLOW or DENY, known
+modes and action, no method on a bind rule, expiry 0 or in the future) and
+bad ones are INVALID_ARGUMENT naming the field; rules carry the OutRelay
+``action`` extension (DIAL, the default, or BIND: who may register a
+service, checked by the Registry on RegisterService); a duplicate id is ALREADY_EXISTS; live
 ADDED events carry the stored rule (server created_at, normalised enums);
 Watch registers its watcher *before* reading the snapshot, so no rule added
 meanwhile is lost (it may arrive twice: consumers upsert by id).
@@ -29,8 +33,9 @@ from outrelay.controller.base import (
 from outrelay.controller.hub import Hub
 from outrelay.controller.store import now_ms
 from outrelay.observe import REGISTRY, kv
-from outrelay.policy import P2PMode, RelayMode, Rule, Verdict
+from outrelay.policy import Action, P2PMode, RelayMode, Rule, Verdict
 from outrelay.policy.convert import rule_to_proto
+from outrelay.policy.names import InvalidPattern, check_caller_pattern, check_target_pattern
 from outrelay.proto import policy_pb2 as pb
 from outrelay.proto import policy_pb2_grpc as pb_grpc
 
@@ -39,6 +44,7 @@ MAX_FIELD = 1024
 
 _P2P_NUMBERS = frozenset(int(m) for m in P2PMode)
 _RELAY_MODE_NUMBERS = frozenset(int(m) for m in RelayMode)
+_ACTION_NUMBERS = frozenset(int(m) for m in Action)
 
 log = logging.getLogger("outrelay.controller")
 
@@ -59,9 +65,19 @@ def _text(value: str, field: str) -> None:
 def validate_rule(msg: pb.PolicyRule, now: int) -> Rule:
     """The ``Rule`` for an AddPolicy request; raises InvalidArgument naming the field."""
     tenant = require_tenant(msg.tenant, "rule.tenant")
+    if msg.action not in _ACTION_NUMBERS:
+        raise InvalidArgument(f"rule.action: unknown value {msg.action}")
+    action = Action(msg.action)
     caller = _pattern(msg.caller_pattern, "rule.caller_pattern")
     target = _pattern(msg.target_pattern, "rule.target_pattern")
+    try:
+        check_caller_pattern(caller, "rule.caller_pattern")
+        check_target_pattern(target, bind=action is Action.BIND, field="rule.target_pattern")
+    except InvalidPattern as exc:
+        raise InvalidArgument(str(exc)) from None
     _text(msg.method_pattern, "rule.method_pattern")
+    if action is Action.BIND and msg.method_pattern:
+        raise InvalidArgument("rule.method_pattern: bind rules have no method (leave it empty)")
     if msg.decision not in (Verdict.ALLOW, Verdict.DENY):
         raise InvalidArgument("rule.decision: must be DECISION_ALLOW or DECISION_DENY")
     if msg.p2p_mode not in _P2P_NUMBERS:
@@ -84,6 +100,7 @@ def validate_rule(msg: pb.PolicyRule, now: int) -> Rule:
         expires_unix_ms=msg.expires_unix_ms,
         p2p_mode=P2PMode(msg.p2p_mode),
         relay_mode=RelayMode(msg.relay_mode),
+        action=action,
     )
 
 
@@ -117,6 +134,7 @@ class PolicyService(pb_grpc.PolicyServicer):
                 decision=stored.verdict.name,
                 p2p_mode=stored.p2p_mode.name,
                 relay_mode=stored.relay_mode.name,
+                action=stored.action.name,
             ),
         )
         event = pb.PolicyEvent(kind=pb.PolicyEvent.POLICY_KIND_ADDED, rule=rule_to_proto(stored))

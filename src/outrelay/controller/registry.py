@@ -6,6 +6,14 @@ and then most recently registered; a relay whose last UpsertRelay heartbeat
 is older than ``stale_after`` has its providers left out; requests without
 a tenant are INVALID_ARGUMENT; a slow watcher ends with RESOURCE_EXHAUSTED.
 
+Registrations are checked (OutRelay extension, the reference checks
+neither): the service name must follow the rule of ``outrelay.policy.names``
+(else INVALID_ARGUMENT), and a bind rule of the tenant must allow the agent
+to provide the name, closed world: no matching ALLOW bind rule, or a
+matching DENY, is PERMISSION_DENIED with the reason. Dial rules never grant
+a registration. Bind rules are read from the store on every registration,
+so a rule added or removed applies to the next RegisterService.
+
 OutRelay extensions for operators: ListServices (every service of a tenant
 with all providers, stale ones flagged) and ListRelays (every relay with a
 live/stale flag). Who may name which tenant or relay id is decided before
@@ -23,15 +31,26 @@ import grpc
 from outrelay.controller.base import (
     Db,
     InvalidArgument,
+    PermissionDenied,
     require,
     require_tenant,
     rpc_errors,
     stream_errors,
 )
 from outrelay.controller.hub import Hub
-from outrelay.controller.store import ListedProvider, ProviderRow, RelayRow, ServiceRow, now_ms
+from outrelay.controller.store import (
+    ListedProvider,
+    ProviderRow,
+    RelayRow,
+    ServiceRow,
+    Store,
+    now_ms,
+)
 from outrelay.identity import valid_label
 from outrelay.observe import kv
+from outrelay.policy import Action, PolicyEngine
+from outrelay.policy.bind import check_bind
+from outrelay.policy.names import InvalidServiceName, check_service_name
 from outrelay.proto import registry_pb2 as pb
 from outrelay.proto import registry_pb2_grpc as pb_grpc
 
@@ -89,6 +108,22 @@ def relay_entry_pb(relay: RelayRow, stale_before_ms: int) -> pb.RelayEntry:
     )
 
 
+def check_registration(request: pb.RegisterServiceRequest) -> None:
+    """Refuse a malformed RegisterService (InvalidArgument naming the field)."""
+    require(request.service_name, "service_name")
+    try:
+        check_service_name(request.service_name)
+    except InvalidServiceName as exc:
+        raise InvalidArgument(f"service_name: {exc}") from None
+    require(request.agent_uri, "agent_uri")
+
+
+def bind_check(store: Store, tenant: str, agent_uri: str, service: str, now: int) -> str:
+    """The refusal of one registration by the stored bind rules, "" if allowed (db thread)."""
+    engine = PolicyEngine(store.list_policies(tenant, Action.BIND))
+    return check_bind(engine, tenant, agent_uri, service, now)
+
+
 class RegistryService(pb_grpc.RegistryServicer):
     """Servicer of ``outrelay.control.v1.Registry``."""
 
@@ -118,9 +153,22 @@ class RegistryService(pb_grpc.RegistryServicer):
         self, request: pb.RegisterServiceRequest, context: Any
     ) -> pb.RegisterServiceResponse:
         tenant = require_tenant(request.tenant)
-        require(request.service_name, "service_name")
-        require(request.agent_uri, "agent_uri")
+        check_registration(request)
         require(request.relay_id, "relay_id")
+        refusal = await self._db.call(
+            bind_check,
+            self._db.store,
+            tenant,
+            request.agent_uri,
+            request.service_name,
+            self._clock(),
+        )
+        if refusal:
+            log.warning(
+                "registry: registration refused",
+                extra=kv(tenant=tenant, service=request.service_name, agent=request.agent_uri),
+            )
+            raise PermissionDenied(refusal)
         row = await self._db.call(
             self._db.store.register_provider,
             tenant,

@@ -89,3 +89,13 @@ MIGRATIONS: list[str] = [
 # from its one definition, so either class can serve the file. That script is
 # thus a shipped migration too: a change to those tables needs a new entry here.
 MIGRATIONS.append(ApswTokenStore.SCHEMA)
+
+# 3: bind rules (OutRelay extension): each rule is a dial rule (the reference's
+# only kind, and every rule stored before this version) or a bind rule (who
+# may register which service name).
+MIGRATIONS.append(
+    """
+    ALTER TABLE policies ADD COLUMN action TEXT NOT NULL DEFAULT 'dial'
+        CHECK (action IN ('dial', 'bind'));
+    """
+)

@@ -27,7 +27,7 @@ from outrelay.controller.config import DEFAULT_PATH
 from outrelay.controller.schema import MIGRATIONS
 from outrelay.errors import OutRelayError
 from outrelay.pki.store import ApswTokenStore
-from outrelay.policy import P2PMode, RelayMode, Rule, Verdict
+from outrelay.policy import Action, P2PMode, RelayMode, Rule, Verdict
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -43,6 +43,7 @@ def _texts(kind: type[_E]) -> tuple[dict[_E, str], dict[str, _E]]:
 _DECISION_TEXT, _VERDICT_OF_TEXT = _texts(Verdict)
 _P2P_TEXT, _P2P_OF_TEXT = _texts(P2PMode)
 _RELAY_TEXT, _RELAY_OF_TEXT = _texts(RelayMode)
+_ACTION_TEXT, _ACTION_OF_TEXT = _texts(Action)
 
 
 def _verdict_of_text(text: str) -> Verdict:
@@ -411,7 +412,7 @@ class Store:
                 cur.execute(
                     "INSERT INTO policies (id, tenant, caller_pattern, target_pattern, "
                     "method_pattern, decision, expires_unix_ms, created_at_unix_ms, p2p_mode, "
-                    "relay_mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "relay_mode, action) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         stored.id,
                         stored.tenant,
@@ -423,6 +424,7 @@ class Store:
                         stored.created_at_unix_ms,
                         _P2P_TEXT[stored.p2p_mode],
                         _RELAY_TEXT[stored.relay_mode],
+                        _ACTION_TEXT[stored.action],
                     ),
                 )
         except apsw.ConstraintError as exc:
@@ -435,18 +437,26 @@ class Store:
             cur.execute("DELETE FROM policies WHERE tenant = ? AND id = ?", (tenant, rule_id))
             return bool(self._db.changes())
 
-    def list_policies(self, tenant: str | None) -> list[Rule]:
-        """Rules of ``tenant`` (every tenant if None), oldest first, expired included."""
+    def list_policies(self, tenant: str | None, action: Action | None = None) -> list[Rule]:
+        """Rules of ``tenant`` (every tenant if None), oldest first, expired included.
+
+        ``action`` keeps only the dial or only the bind rules.
+        """
         sql = (
             "SELECT id, tenant, caller_pattern, target_pattern, method_pattern, decision, "
-            "expires_unix_ms, created_at_unix_ms, p2p_mode, relay_mode FROM policies "
+            "expires_unix_ms, created_at_unix_ms, p2p_mode, relay_mode, action FROM policies "
         )
-        if tenant is None:
-            rows = self._read(sql + "ORDER BY created_at_unix_ms, rowid")
-        else:
-            rows = self._read(
-                sql + "WHERE tenant = ? ORDER BY created_at_unix_ms, rowid", (tenant,)
-            )
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        if action is not None:
+            where.append("action = ?")
+            args.append(_ACTION_TEXT[action])
+        if where:
+            sql += "WHERE " + " AND ".join(where) + " "
+        rows = self._read(sql + "ORDER BY created_at_unix_ms, rowid", args)
         return [
             Rule(
                 id=r[0],
@@ -459,6 +469,7 @@ class Store:
                 created_at_unix_ms=r[7],
                 p2p_mode=_P2P_OF_TEXT.get(r[8], P2PMode.ALLOWED),
                 relay_mode=_RELAY_OF_TEXT.get(r[9], RelayMode.SPLICE),
+                action=_ACTION_OF_TEXT.get(r[10], Action.DIAL),
             )
             for r in rows
         ]

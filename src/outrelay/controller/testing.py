@@ -6,8 +6,9 @@ database file, waits for its ``--ready-file`` with a deadline (a
 :class:`~outrelay.childproc.ComponentProcess`), and hands out mTLS channels
 per role — a dev-bundle leaf by name (``"admin"``, ``"relay"``)
 or any identity URI (``"outrelay://other/admin/ops"``), whose leaf is then
-issued by the bundle's CA on first use. Always ``stop()``/``kill()`` it in a
-finalizer.
+issued by the bundle's CA on first use. ``allow_bind`` adds the bind rule a
+provider needs before it may register a service (closed world). Always
+``stop()``/``kill()`` it in a finalizer.
 """
 
 from __future__ import annotations
@@ -92,6 +93,31 @@ class ControllerProcess(ComponentProcess):
             write_private(key_path, key_pem(key))
             write_public(cert_path, cert_pem(cert))
         return cert_path, key_path
+
+    def allow_bind(self, agent_uri: str, *services: str, tenant: str = "") -> list[str]:
+        """Let ``agent_uri`` provide each of ``services`` (ALLOW bind rules); their ids.
+
+        ``agent_uri`` may be a caller glob (``*``) when ``tenant`` is given.
+        Added by an admin of that tenant (issued on first use).
+        """
+        from outrelay.proto import policy_pb2 as pp
+        from outrelay.proto import policy_pb2_grpc as pg
+
+        tenant = tenant or parse(agent_uri).tenant
+        admin = f"outrelay://{tenant}/admin/ops"
+        ids = []
+        with self.channel(admin) as ch:
+            stub = pg.PolicyStub(ch)
+            for service in services:
+                rule = pp.PolicyRule(
+                    tenant=tenant,
+                    caller_pattern=agent_uri,
+                    target_pattern=service,
+                    decision=pp.DECISION_ALLOW,
+                    action=pp.RULE_ACTION_BIND,
+                )
+                ids.append(stub.AddPolicy(pp.AddPolicyRequest(rule=rule), timeout=10).id)
+        return ids
 
     def credentials(self, role: str | None) -> grpc.ChannelCredentials:
         """Channel credentials with the leaf of ``role`` (None: no client certificate)."""

@@ -2,11 +2,13 @@
 
 ``PolicyEngine`` holds rules indexed by target and answers ``decide``;
 ``glob_match`` is the ``*`` matcher; ``outrelay.policy.convert`` maps rules
-to and from the ``outrelay.control.v1.PolicyRule`` message.
+to and from the ``outrelay.control.v1.PolicyRule`` message;
+``outrelay.policy.names`` holds the service-name rule and the pattern shapes.
 """
 
 from outrelay.policy.engine import (
     NO_MATCH,
+    Action,
     Decision,
     P2PMode,
     PolicyEngine,
@@ -19,6 +21,7 @@ from outrelay.policy.glob import glob_match, has_wildcard
 
 __all__ = [
     "NO_MATCH",
+    "Action",
     "Decision",
     "P2PMode",
     "PolicyEngine",

@@ -2,14 +2,16 @@
 
 Unknown enum numbers are normalised the way the reference stores them
 (control.md §4.3): any non-DENY decision is ALLOW, unknown P2P modes are
-ALLOWED, unknown relay modes are SPLICE.
+ALLOWED, unknown relay modes are SPLICE. The OutRelay ``action`` field
+(absent, 0, in a reference rule) is DIAL unless it says BIND; an unknown
+action number is DIAL too, and a dial rule never grants a registration.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from outrelay.policy.engine import P2PMode, RelayMode, Rule, Verdict
+from outrelay.policy.engine import Action, P2PMode, RelayMode, Rule, Verdict
 from outrelay.proto import policy_pb2
 
 
@@ -31,6 +33,11 @@ def relay_mode_of(number: int) -> RelayMode:
     return RelayMode.FORWARD if number == RelayMode.FORWARD else RelayMode.SPLICE
 
 
+def action_of(number: int) -> Action:
+    """The rule action for a wire number (unknown numbers are DIAL)."""
+    return Action.BIND if number == Action.BIND else Action.DIAL
+
+
 def rule_from_proto(msg: policy_pb2.PolicyRule) -> Rule:
     """Build a ``Rule`` from a ``PolicyRule`` message (never raises)."""
     return Rule(
@@ -44,6 +51,7 @@ def rule_from_proto(msg: policy_pb2.PolicyRule) -> Rule:
         created_at_unix_ms=msg.created_at_unix_ms,
         p2p_mode=p2p_of(msg.p2p_mode),
         relay_mode=relay_mode_of(msg.relay_mode),
+        action=action_of(msg.action),
     )
 
 
@@ -61,5 +69,6 @@ def rule_to_proto(rule: Rule) -> policy_pb2.PolicyRule:
         created_at_unix_ms=rule.created_at_unix_ms,
         p2p_mode=int(rule.p2p_mode),
         relay_mode=int(rule.relay_mode),
+        action=int(rule.action),
     )
     return policy_pb2.PolicyRule(**fields)

@@ -18,6 +18,12 @@ deterministic (the reference's is random): every ``DENY`` comes before every
 by id. The first matching rule therefore decides, which makes DENY win over
 ALLOW among the matching rules of one class. Expired rules are skipped. No
 match is a deny (closed world).
+
+Bind rules (an OutRelay extension, ``Action.BIND``) say which agent may
+*provide* a service: caller = the provider's identity, target = the service
+name, method unused. They live in an index of their own, so ``decide`` (dial)
+never sees a bind rule and ``decide_bind`` never sees a dial rule; within
+the bind index the precedence above is the same, and no match is a deny.
 """
 
 from __future__ import annotations
@@ -47,6 +53,15 @@ class P2PMode(enum.IntEnum):
     ALLOWED = 0
     FORBIDDEN = 1
     REQUIRED = 2
+
+
+class Action(enum.IntEnum):
+    """What a rule governs; wire ``RuleAction`` numbers (OutRelay extension)."""
+
+    #: opening a stream (the reference's only kind of rule)
+    DIAL = 0
+    #: registering (providing) a service
+    BIND = 1
 
 
 class RelayMode(enum.IntEnum):
@@ -80,14 +95,23 @@ class Rule:
     p2p_mode: P2PMode = P2PMode.ALLOWED
     #: relay data-plane mode carried to the stream
     relay_mode: RelayMode = RelayMode.SPLICE
+    #: DIAL (open a stream) or BIND (provide a service)
+    action: Action = Action.DIAL
 
     def expired(self, now_ms: int) -> bool:
         """True once ``now_ms`` has reached a non-zero expiry."""
         return self.expires_unix_ms > 0 and now_ms >= self.expires_unix_ms
 
     def matches(self, caller: str, target: str, method: str) -> bool:
-        """Whether caller, target and method all match (expiry not checked)."""
-        if self.method_pattern and not glob_match(self.method_pattern, method):
+        """Whether caller, target and method all match (expiry not checked).
+
+        A bind rule ignores the method.
+        """
+        if (
+            self.method_pattern
+            and self.action is Action.DIAL
+            and not glob_match(self.method_pattern, method)
+        ):
             return False
         return glob_match(self.target_pattern, target) and glob_match(self.caller_pattern, caller)
 
@@ -114,6 +138,10 @@ class Decision:
 
 
 DENY_NO_MATCH = Decision(Verdict.DENY)
+
+
+#: rules are indexed per (tenant, action)
+_Key = tuple[str, Action]
 
 
 def _order(rule: Rule) -> tuple[int, int, str]:
@@ -200,7 +228,8 @@ class PolicyEngine:
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self._lock = threading.Lock()
         self._by_id: dict[str, Rule] = {}
-        self._tenants: dict[str, _TenantRules] = {}
+        #: (tenant, action) -> that tenant's rules of that action
+        self._tenants: dict[_Key, _TenantRules] = {}
         self.replace_all(rules)
 
     def __len__(self) -> int:
@@ -220,7 +249,7 @@ class PolicyEngine:
     def replace_all(self, rules: Iterable[Rule]) -> None:
         """Swap in a complete rule set at once (a Watch snapshot)."""
         by_id = {rule.id: rule for rule in rules}
-        tenants: dict[str, _TenantRules] = {}
+        tenants: dict[_Key, _TenantRules] = {}
         for rule in by_id.values():
             _bucket_of(tenants, rule).rules.append(rule)
         for per_tenant in tenants.values():
@@ -251,11 +280,23 @@ class PolicyEngine:
     def decide(self, tenant: str, caller: str, target: str, method: str, now_ms: int) -> Decision:
         """Evaluate one (caller, target, method) of ``tenant`` at ``now_ms``.
 
-        Exact-target rules are consulted before wildcard-target rules; within
-        a class DENY beats ALLOW, then older beats newer. Returns a deny with
-        reason ``NO_MATCH`` when nothing matches. Never raises.
+        Only dial rules count. Exact-target rules are consulted before
+        wildcard-target rules; within a class DENY beats ALLOW, then older
+        beats newer. Returns a deny with reason ``NO_MATCH`` when nothing
+        matches. Never raises.
         """
-        rules = self._tenants.get(tenant)
+        return self._decide((tenant, Action.DIAL), caller, target, method, now_ms)
+
+    def decide_bind(self, tenant: str, provider: str, service: str, now_ms: int) -> Decision:
+        """May agent ``provider`` of ``tenant`` register ``service`` at ``now_ms``?
+
+        Only bind rules count, with the precedence of :meth:`decide`; no
+        matching rule is a deny with reason ``NO_MATCH``. Never raises.
+        """
+        return self._decide((tenant, Action.BIND), provider, service, "", now_ms)
+
+    def _decide(self, key: _Key, caller: str, target: str, method: str, now_ms: int) -> Decision:
+        rules = self._tenants.get(key)
         if rules is None:
             return DENY_NO_MATCH
         rule = None
@@ -269,10 +310,10 @@ class PolicyEngine:
         return Decision(rule.verdict, rule.id, rule.id, rule.p2p_mode, rule.relay_mode)
 
 
-def _bucket_of(tenants: dict[str, _TenantRules], rule: Rule) -> _Bucket:
-    rules = tenants.get(rule.tenant)
+def _bucket_of(tenants: dict[_Key, _TenantRules], rule: Rule) -> _Bucket:
+    rules = tenants.get((rule.tenant, rule.action))
     if rules is None:
-        rules = tenants[rule.tenant] = _TenantRules()
+        rules = tenants[(rule.tenant, rule.action)] = _TenantRules()
     pattern = rule.target_pattern
     if has_wildcard(pattern):
         index, key = rules.wildcard, pattern[: pattern.index("*")]
@@ -286,13 +327,13 @@ def _bucket_of(tenants: dict[str, _TenantRules], rule: Rule) -> _Bucket:
     return bucket
 
 
-def _drop(tenants: dict[str, _TenantRules], rule: Rule) -> None:
+def _drop(tenants: dict[_Key, _TenantRules], rule: Rule) -> None:
     """Remove ``rule`` from its bucket, and the bucket once it is empty."""
     bucket = _bucket_of(tenants, rule)
     bucket.remove(rule)
     if bucket.rules:
         return
-    rules = tenants[rule.tenant]
+    rules = tenants[(rule.tenant, rule.action)]
     pattern = rule.target_pattern
     if has_wildcard(pattern):
         key = pattern[: pattern.index("*")]

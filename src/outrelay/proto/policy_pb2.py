@@ -24,39 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1boutrelay/proto/policy.proto\x12\x13outrelay.control.v1\"\xba\x02\n\nPolicyRule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61ller_pattern\x18\x03 \x01(\t\x12\x16\n\x0etarget_pattern\x18\x04 \x01(\t\x12\x16\n\x0emethod_pattern\x18\x05 \x01(\t\x12/\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x1d.outrelay.control.v1.Decision\x12\x17\n\x0f\x65xpires_unix_ms\x18\x07 \x01(\x03\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x08 \x01(\x03\x12.\n\x08p2p_mode\x18\t \x01(\x0e\x32\x1c.outrelay.control.v1.P2PMode\x12\x32\n\nrelay_mode\x18\n \x01(\x0e\x32\x1e.outrelay.control.v1.RelayMode\"A\n\x10\x41\x64\x64PolicyRequest\x12-\n\x04rule\x18\x01 \x01(\x0b\x32\x1f.outrelay.control.v1.PolicyRule\"\x1f\n\x11\x41\x64\x64PolicyResponse\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x13RemovePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\'\n\x14RemovePolicyResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"%\n\x13ListPoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"F\n\x14ListPoliciesResponse\x12.\n\x05rules\x18\x01 \x03(\x0b\x32\x1f.outrelay.control.v1.PolicyRule\"&\n\x14WatchPoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\xf8\x01\n\x0bPolicyEvent\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32%.outrelay.control.v1.PolicyEvent.Kind\x12-\n\x04rule\x18\x02 \x01(\x0b\x32\x1f.outrelay.control.v1.PolicyRule\x12\x12\n\nremoved_id\x18\x03 \x01(\t\"q\n\x04Kind\x12\x1b\n\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11POLICY_KIND_ADDED\x10\x01\x12\x17\n\x13POLICY_KIND_REMOVED\x10\x02\x12\x1c\n\x18POLICY_KIND_SNAPSHOT_END\x10\x03*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*:\n\tRelayMode\x12\x15\n\x11RELAY_MODE_SPLICE\x10\x00\x12\x16\n\x12RELAY_MODE_FORWARD\x10\x01*?\n\x07P2PMode\x12\x0f\n\x0bP2P_ALLOWED\x10\x00\x12\x11\n\rP2P_FORBIDDEN\x10\x01\x12\x10\n\x0cP2P_REQUIRED\x10\x02\x32\x86\x03\n\x06Policy\x12Z\n\tAddPolicy\x12%.outrelay.control.v1.AddPolicyRequest\x1a&.outrelay.control.v1.AddPolicyResponse\x12\x63\n\x0cRemovePolicy\x12(.outrelay.control.v1.RemovePolicyRequest\x1a).outrelay.control.v1.RemovePolicyResponse\x12\x63\n\x0cListPolicies\x12(.outrelay.control.v1.ListPoliciesRequest\x1a).outrelay.control.v1.ListPoliciesResponse\x12V\n\x05Watch\x12).outrelay.control.v1.WatchPoliciesRequest\x1a .outrelay.control.v1.PolicyEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1boutrelay/proto/policy.proto\x12\x13outrelay.control.v1\"\xeb\x02\n\nPolicyRule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61ller_pattern\x18\x03 \x01(\t\x12\x16\n\x0etarget_pattern\x18\x04 \x01(\t\x12\x16\n\x0emethod_pattern\x18\x05 \x01(\t\x12/\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x1d.outrelay.control.v1.Decision\x12\x17\n\x0f\x65xpires_unix_ms\x18\x07 \x01(\x03\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x08 \x01(\x03\x12.\n\x08p2p_mode\x18\t \x01(\x0e\x32\x1c.outrelay.control.v1.P2PMode\x12\x32\n\nrelay_mode\x18\n \x01(\x0e\x32\x1e.outrelay.control.v1.RelayMode\x12/\n\x06\x61\x63tion\x18\x0b \x01(\x0e\x32\x1f.outrelay.control.v1.RuleAction\"A\n\x10\x41\x64\x64PolicyRequest\x12-\n\x04rule\x18\x01 \x01(\x0b\x32\x1f.outrelay.control.v1.PolicyRule\"\x1f\n\x11\x41\x64\x64PolicyResponse\x12\n\n\x02id\x18\x01 \x01(\t\"1\n\x13RemovePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\'\n\x14RemovePolicyResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"%\n\x13ListPoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"F\n\x14ListPoliciesResponse\x12.\n\x05rules\x18\x01 \x03(\x0b\x32\x1f.outrelay.control.v1.PolicyRule\"&\n\x14WatchPoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\xf8\x01\n\x0bPolicyEvent\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32%.outrelay.control.v1.PolicyEvent.Kind\x12-\n\x04rule\x18\x02 \x01(\x0b\x32\x1f.outrelay.control.v1.PolicyRule\x12\x12\n\nremoved_id\x18\x03 \x01(\t\"q\n\x04Kind\x12\x1b\n\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11POLICY_KIND_ADDED\x10\x01\x12\x17\n\x13POLICY_KIND_REMOVED\x10\x02\x12\x1c\n\x18POLICY_KIND_SNAPSHOT_END\x10\x03*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*8\n\nRuleAction\x12\x14\n\x10RULE_ACTION_DIAL\x10\x00\x12\x14\n\x10RULE_ACTION_BIND\x10\x01*:\n\tRelayMode\x12\x15\n\x11RELAY_MODE_SPLICE\x10\x00\x12\x16\n\x12RELAY_MODE_FORWARD\x10\x01*?\n\x07P2PMode\x12\x0f\n\x0bP2P_ALLOWED\x10\x00\x12\x11\n\rP2P_FORBIDDEN\x10\x01\x12\x10\n\x0cP2P_REQUIRED\x10\x02\x32\x86\x03\n\x06Policy\x12Z\n\tAddPolicy\x12%.outrelay.control.v1.AddPolicyRequest\x1a&.outrelay.control.v1.AddPolicyResponse\x12\x63\n\x0cRemovePolicy\x12(.outrelay.control.v1.RemovePolicyRequest\x1a).outrelay.control.v1.RemovePolicyResponse\x12\x63\n\x0cListPolicies\x12(.outrelay.control.v1.ListPoliciesRequest\x1a).outrelay.control.v1.ListPoliciesResponse\x12V\n\x05Watch\x12).outrelay.control.v1.WatchPoliciesRequest\x1a .outrelay.control.v1.PolicyEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outrelay.proto.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=963
-  _globals['_DECISION']._serialized_end=1038
-  _globals['_RELAYMODE']._serialized_start=1040
-  _globals['_RELAYMODE']._serialized_end=1098
-  _globals['_P2PMODE']._serialized_start=1100
-  _globals['_P2PMODE']._serialized_end=1163
+  _globals['_DECISION']._serialized_start=1012
+  _globals['_DECISION']._serialized_end=1087
+  _globals['_RULEACTION']._serialized_start=1089
+  _globals['_RULEACTION']._serialized_end=1145
+  _globals['_RELAYMODE']._serialized_start=1147
+  _globals['_RELAYMODE']._serialized_end=1205
+  _globals['_P2PMODE']._serialized_start=1207
+  _globals['_P2PMODE']._serialized_end=1270
   _globals['_POLICYRULE']._serialized_start=53
-  _globals['_POLICYRULE']._serialized_end=367
-  _globals['_ADDPOLICYREQUEST']._serialized_start=369
-  _globals['_ADDPOLICYREQUEST']._serialized_end=434
-  _globals['_ADDPOLICYRESPONSE']._serialized_start=436
-  _globals['_ADDPOLICYRESPONSE']._serialized_end=467
-  _globals['_REMOVEPOLICYREQUEST']._serialized_start=469
-  _globals['_REMOVEPOLICYREQUEST']._serialized_end=518
-  _globals['_REMOVEPOLICYRESPONSE']._serialized_start=520
-  _globals['_REMOVEPOLICYRESPONSE']._serialized_end=559
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=561
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=598
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=600
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=670
-  _globals['_WATCHPOLICIESREQUEST']._serialized_start=672
-  _globals['_WATCHPOLICIESREQUEST']._serialized_end=710
-  _globals['_POLICYEVENT']._serialized_start=713
-  _globals['_POLICYEVENT']._serialized_end=961
-  _globals['_POLICYEVENT_KIND']._serialized_start=848
-  _globals['_POLICYEVENT_KIND']._serialized_end=961
-  _globals['_POLICY']._serialized_start=1166
-  _globals['_POLICY']._serialized_end=1556
+  _globals['_POLICYRULE']._serialized_end=416
+  _globals['_ADDPOLICYREQUEST']._serialized_start=418
+  _globals['_ADDPOLICYREQUEST']._serialized_end=483
+  _globals['_ADDPOLICYRESPONSE']._serialized_start=485
+  _globals['_ADDPOLICYRESPONSE']._serialized_end=516
+  _globals['_REMOVEPOLICYREQUEST']._serialized_start=518
+  _globals['_REMOVEPOLICYREQUEST']._serialized_end=567
+  _globals['_REMOVEPOLICYRESPONSE']._serialized_start=569
+  _globals['_REMOVEPOLICYRESPONSE']._serialized_end=608
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=610
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=647
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=649
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=719
+  _globals['_WATCHPOLICIESREQUEST']._serialized_start=721
+  _globals['_WATCHPOLICIESREQUEST']._serialized_end=759
+  _globals['_POLICYEVENT']._serialized_start=762
+  _globals['_POLICYEVENT']._serialized_end=1010
+  _globals['_POLICYEVENT_KIND']._serialized_start=897
+  _globals['_POLICYEVENT_KIND']._serialized_end=1010
+  _globals['_POLICY']._serialized_start=1273
+  _globals['_POLICY']._serialized_end=1663
 # @@protoc_insertion_point(module_scope)

@@ -13,6 +13,11 @@ class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECISION_ALLOW: _ClassVar[Decision]
     DECISION_DENY: _ClassVar[Decision]
 
+class RuleAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RULE_ACTION_DIAL: _ClassVar[RuleAction]
+    RULE_ACTION_BIND: _ClassVar[RuleAction]
+
 class RelayMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RELAY_MODE_SPLICE: _ClassVar[RelayMode]
@@ -26,6 +31,8 @@ class P2PMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 DECISION_UNSPECIFIED: Decision
 DECISION_ALLOW: Decision
 DECISION_DENY: Decision
+RULE_ACTION_DIAL: RuleAction
+RULE_ACTION_BIND: RuleAction
 RELAY_MODE_SPLICE: RelayMode
 RELAY_MODE_FORWARD: RelayMode
 P2P_ALLOWED: P2PMode
@@ -33,7 +40,7 @@ P2P_FORBIDDEN: P2PMode
 P2P_REQUIRED: P2PMode
 
 class PolicyRule(_message.Message):
-    __slots__ = ("id", "tenant", "caller_pattern", "target_pattern", "method_pattern", "decision", "expires_unix_ms", "created_at_unix_ms", "p2p_mode", "relay_mode")
+    __slots__ = ("id", "tenant", "caller_pattern", "target_pattern", "method_pattern", "decision", "expires_unix_ms", "created_at_unix_ms", "p2p_mode", "relay_mode", "action")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CALLER_PATTERN_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +51,7 @@ class PolicyRule(_message.Message):
     CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     P2P_MODE_FIELD_NUMBER: _ClassVar[int]
     RELAY_MODE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     caller_pattern: str
@@ -54,7 +62,8 @@ class PolicyRule(_message.Message):
     created_at_unix_ms: int
     p2p_mode: P2PMode
     relay_mode: RelayMode
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., caller_pattern: _Optional[str] = ..., target_pattern: _Optional[str] = ..., method_pattern: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., expires_unix_ms: _Optional[int] = ..., created_at_unix_ms: _Optional[int] = ..., p2p_mode: _Optional[_Union[P2PMode, str]] = ..., relay_mode: _Optional[_Union[RelayMode, str]] = ...) -> None: ...
+    action: RuleAction
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., caller_pattern: _Optional[str] = ..., target_pattern: _Optional[str] = ..., method_pattern: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., expires_unix_ms: _Optional[int] = ..., created_at_unix_ms: _Optional[int] = ..., p2p_mode: _Optional[_Union[P2PMode, str]] = ..., relay_mode: _Optional[_Union[RelayMode, str]] = ..., action: _Optional[_Union[RuleAction, str]] = ...) -> None: ...
 
 class AddPolicyRequest(_message.Message):
     __slots__ = ("rule",)

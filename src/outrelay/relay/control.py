@@ -30,6 +30,8 @@ from outrelay.relay.actions import (
     Send,
     StopReading,
 )
+from outrelay.relay.bind import check_register
+from outrelay.relay.errors import reject_frame
 from outrelay.relay.state import CONTROL_STREAM, CoreState, _Agent, log
 
 #: Why the relay closes the oldest session of an identity that opened too many.
@@ -198,6 +200,12 @@ class ControlFlow(CoreState):
             except OrpError as exc:
                 log.warning("bad REGISTER", extra=kv(agent=agent.uri, err=str(exc)))
                 return []
+            refusal = check_register(
+                self.policy, agent.identity.tenant, agent.uri, reg.service_name, self.wall_ms()
+            )
+            if refusal is not None:
+                log.warning("register rejected", extra=kv(agent=agent.uri, err=refusal.reason))
+                return [Send(conn, CONTROL_STREAM, reject_frame(refusal))]
             token = self._token("register", conn)
             request = self._register_request(agent, reg.service_name, reg.local_addr)
             agent.registering = request

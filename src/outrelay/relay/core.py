@@ -57,8 +57,13 @@ The agent path (relay.md §3-§7, §11, §12):
    A half that waits out the window (``timer``) or is refused ends with a
    STREAM_REJECT (504 / 409 / 403).
 
+REGISTER (OutRelay extension): ``relay.bind.check_register`` refuses a bad
+service name (400) and, with policy on, a registration no bind rule of the
+snapshot allows (403), with a STREAM_REJECT on the control stream, before
+the controller is asked.
+
 Controller outages: a Resolve that fails as unreachable falls back to the
-last good answer (``ResolveCache``); a REGISTER is acknowledged and kept;
+last good answer (``ResolveCache``); an allowed REGISTER is acknowledged and kept;
 ``controller_back`` re-sends registrations and failed deregistrations.
 
 Refusals are :class:`~errors.RelayError` subclasses carrying their reject

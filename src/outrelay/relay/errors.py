@@ -32,6 +32,14 @@ class Denied(RelayError):
     default_reason = "denied: no matching rule"
 
 
+class BadRequest(RelayError):
+    """The agent sent a malformed request, e.g. a REGISTER whose service name
+    breaks the rule of ``outrelay.policy.names`` (OutRelay extension)."""
+
+    code = 400
+    default_reason = "bad request"
+
+
 class NotFound(RelayError):
     """No usable provider for the target service."""
 

@@ -246,6 +246,22 @@ class ProbeAgent:
         self.control.send_frame(FrameType.REGISTER, orp_pb2.Register(service_name=service))
         return await self.control_frame(timeout, skip=(FrameType.STREAM_READY,))
 
+    async def register_bound(self, service: str, within: float = 10.0) -> Frame:
+        """REGISTER until acknowledged while the relay still answers 403 (its
+        policy watch has not brought the bind rule just added yet); the last answer.
+
+        Anything else (an ACK, another code) is returned at once.
+        """
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            answer = await self.register(service)
+            if answer.type != FrameType.STREAM_REJECT:
+                return answer
+            code = orp_pb2.StreamReject.FromString(answer.payload).code
+            if code != 403 or asyncio.get_running_loop().time() >= deadline:
+                return answer
+            await asyncio.sleep(0.02)  # poll interval of a condition with a deadline
+
     def open(self, service: str, stream_id: int = 0, method: str = "") -> ProbeStream:
         """Open a data stream and write OPEN_STREAM on it."""
         sid = self.link.open_stream()
