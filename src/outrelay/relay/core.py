@@ -81,6 +81,7 @@ from outrelay.identity import Identity, IdentityError, Role, parse
 from outrelay.observe import REGISTRY, Counter, Registry, kv
 from outrelay.orp import (
     HEADER_SIZE,
+    MAX_CONTROL_PAYLOAD,
     Frame,
     FrameDecoder,
     FrameType,
@@ -215,7 +216,7 @@ class _Agent:
     hello_done: bool = False
     refused: bool = False
     control_done: bool = False
-    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_CONTROL_PAYLOAD))
     queued: deque[Frame] = field(default_factory=deque)
     held_control: bytearray = field(default_factory=bytearray)
     held_fin: bool = False
@@ -533,6 +534,8 @@ class RelayCore:
                 agent.decoder.close()
         except OrpError as exc:
             frames = []
+            if exc.closes_connection:  # an oversized control frame header (FrameTooLarge)
+                return actions + self._refuse(conn, f"control stream: {exc}")
             if not agent.hello_done:
                 return actions + self._refuse(conn, f"bad HELLO: {exc}")
             log.info("control stream ended", extra=kv(agent=agent.uri, err=str(exc)))
