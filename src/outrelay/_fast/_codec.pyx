@@ -287,6 +287,10 @@ cdef class FrameDecoder:
         """Bytes of an incomplete frame held in the buffer."""
         return self._hdr_len + self._got
 
+    def __reduce_ex__(self, protocol):
+        """Refuse pickling and copying (TypeError), as the pure twin does."""
+        raise not_copyable("FrameDecoder")
+
     def feed(self, data):
         """Consume ``data``; return the frames it completes, in order.
 
@@ -479,4 +483,5 @@ from outrelay.orp.errors import (  # noqa: E402
     OrpError,
     ShortHeader,
     TruncatedFrame,
+    not_copyable,
 )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from operator import index
-from typing import final
+from typing import NoReturn, SupportsIndex, final
 
 from outrelay.orp.errors import (
     FrameTooLarge,
@@ -31,6 +31,7 @@ from outrelay.orp.errors import (
     PayloadTooLarge,
     ShortHeader,
     TruncatedFrame,
+    not_copyable,
 )
 from outrelay.orp.types import HEADER_SIZE, MAX_PAYLOAD, MAX_TYPE, VERSION, FrameType
 
@@ -264,6 +265,10 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes of an incomplete frame held in the buffer."""
         return len(self._buf)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refuse pickling and copying (TypeError), as the compiled twin does."""
+        raise not_copyable("FrameDecoder")
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Consume ``data``; return the frames it completes, in order.

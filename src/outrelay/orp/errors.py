@@ -59,3 +59,8 @@ class MessageError(OrpError):
 
 class InvalidTransition(OrpError):
     """An event is not legal in the stream's current state (state unchanged)."""
+
+
+def not_copyable(kind: str) -> TypeError:
+    """What both twins of a stateful ORP object (decoder, FSM) raise when pickled or copied."""
+    return TypeError(f"orp: a {kind} cannot be pickled or copied")
