@@ -40,8 +40,9 @@ cdef enum:
     _MAX_FLAGS = 0xFFFF
     _MAX_PAYLOAD = 1 << 24
     _REPR_PAYLOAD = 32
-    # A partial frame's first allocation: the declared length if smaller,
-    # else what has arrived if more.
+    # A partial frame's first payload allocation is at least this (never more
+    # than its declared length), so a small frame split across two chunks is
+    # allocated once; beyond it, memory follows what arrives.
     _MIN_RESERVE = 4096
 
 
