@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from types import ModuleType
 
 import pytest
@@ -9,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import compiled_twin, load_twin
-from outrelay.orp.types import HEADER_SIZE, MAX_TYPE
+from outrelay.orp.errors import FrameTooLarge, PayloadTooLarge
+from outrelay.orp.types import HEADER_SIZE, MAX_CONTROL_PAYLOAD, MAX_PAYLOAD, MAX_TYPE
 
 pytestmark = pytest.mark.dataplane
 
@@ -42,9 +44,11 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def run(codec: ModuleType, chunks: list[bytes], kinds: list[int]) -> list[object]:
+def run(
+    codec: ModuleType, chunks: list[bytes], kinds: list[int], limit: int = MAX_PAYLOAD
+) -> list[object]:
     """Feed ``chunks`` (as bytes / bytearray / memoryview) and record everything."""
-    decoder = codec.FrameDecoder()
+    decoder = codec.FrameDecoder(limit)
     log: list[object] = []
     for i, chunk in enumerate(chunks):
         kind = kinds[i % len(kinds)] if kinds else 0
@@ -169,3 +173,80 @@ def test_frame_constructor_agrees(
         outcome(compiled.encode_frame, ftype, payload, flags)[1:]
         == outcome(PURE.encode_frame, ftype, payload, flags)[1:]
     )
+
+
+# -- bounded control frames (issue 12, finding 7) ---------------------------------
+
+limit_st = st.one_of(
+    st.integers(0, 64), st.sampled_from([MAX_CONTROL_PAYLOAD, MAX_PAYLOAD - 1, MAX_PAYLOAD])
+)
+
+
+def limited_header_st() -> st.SearchStrategy[bytes]:
+    """Valid headers whose declared lengths fall on both sides of small limits."""
+    return st.builds(
+        lambda ftype, length, payload: (
+            ((1 << 13) | ftype).to_bytes(2, "big")
+            + b"\x00\x00"
+            + length.to_bytes(4, "big")
+            + payload[:length]
+        ),
+        st.integers(0, MAX_TYPE),
+        st.one_of(
+            st.integers(0, 80),
+            st.sampled_from([MAX_CONTROL_PAYLOAD, MAX_CONTROL_PAYLOAD + 1, 2**24, 2**32 - 1]),
+        ),
+        st.binary(max_size=80),
+    )
+
+
+@SETTINGS
+@given(
+    parts=st.lists(limited_header_st(), max_size=8),
+    limit=limit_st,
+    cuts=cuts_st,
+    kinds=kinds_st,
+)
+def test_decoder_limit_agrees_and_holds(
+    compiled: ModuleType, parts: list[bytes], limit: int, cuts: list[int], kinds: list[int]
+) -> None:
+    chunks = split(b"".join(parts), cuts)
+    log = run(compiled, chunks, kinds, limit)
+    assert log == run(PURE, chunks, kinds, limit)
+    for entry in log:
+        if isinstance(entry, list):
+            assert all(len(payload) <= limit for _, payload, _, _ in entry)
+        elif isinstance(entry, tuple) and entry[0] == "error":
+            # a lower limit than the wire's answers with the connection-closing error
+            if issubclass(entry[1], PayloadTooLarge):
+                assert (entry[1] is FrameTooLarge) == (limit < MAX_PAYLOAD)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    declared=st.integers(1, MAX_PAYLOAD),
+    sizes=st.lists(st.integers(1, 20_000), min_size=1, max_size=12),
+)
+def test_decoder_never_reserves_what_has_not_arrived(
+    compiled: ModuleType, declared: int, sizes: list[int]
+) -> None:
+    wire_header = ((1 << 13) | 0x101).to_bytes(2, "big") + b"\x00\x00" + declared.to_bytes(4, "big")
+    for codec in (compiled, PURE):
+        decoder = codec.FrameDecoder()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            assert decoder.feed(wire_header) == []
+            fed = 0
+            for size in sizes:
+                size = min(size, declared - 1 - fed)
+                if size <= 0:
+                    break
+                assert decoder.feed(b"x" * size) == []
+                fed += size
+                held = tracemalloc.get_traced_memory()[0] - base
+                # what arrived, at most doubled by growth, plus a small first block
+                assert held <= 2 * fed + 4096 + 32 * 1024, (codec.__name__, declared, fed, held)
+            assert decoder.pending == HEADER_SIZE + fed
+        finally:
+            tracemalloc.stop()

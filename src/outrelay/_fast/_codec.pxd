@@ -1,6 +1,8 @@
 # cython: language_level=3
 """Layouts of the compiled ORP codec's classes (see _codec.pyx)."""
 
+from libc.stdint cimport uint32_t
+
 
 cdef class Frame:
     cdef readonly int type
@@ -11,7 +13,7 @@ cdef class Frame:
 
 cdef class FrameDecoder:
     # The one partial frame: header bytes first, then a payload bytes object
-    # allocated at its declared length once the header is in, filled in place.
+    # (None until payload bytes arrive) grown with them up to its declared length.
     cdef unsigned char _hdr[8]
     cdef Py_ssize_t _hdr_len
     cdef object _payload
@@ -20,7 +22,11 @@ cdef class FrameDecoder:
     cdef int _type
     cdef int _flags
     cdef object _error
+    cdef uint32_t _max
 
     cdef list _run(self, const unsigned char* p, Py_ssize_t n)
     cdef int _start(self) except -1
+    cdef int _fill(self, const unsigned char* p, Py_ssize_t take) except -1
+    cdef int _resize(self, Py_ssize_t size) except -1
+    cdef object _done(self)
     cdef void _reset(self) noexcept

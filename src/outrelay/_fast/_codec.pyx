@@ -8,8 +8,10 @@ headers are read and written with C integer ops on raw buffer pointers,
 arguments are converted straight to C integers, Frames are built without
 ``__init__`` from a freelist, and the decoder cuts payloads straight out of
 the fed buffer (one copy into the payload ``bytes``). A partial frame's
-payload is allocated once, at its declared length, and filled in place, so
-it is handed out without a second copy.
+payload is a ``bytes`` object nobody else sees, filled in place and grown
+with what arrives (doubling, capped at the declared length, so it ends at
+exactly that length and is handed out without a second copy); a declared
+length is never reserved before its bytes are in.
 """
 
 cimport cython
@@ -20,8 +22,11 @@ from cpython.bytes cimport (
     PyBytes_CheckExact,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
+    _PyBytes_Resize,
 )
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF, Py_XINCREF
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
 
@@ -35,6 +40,10 @@ cdef enum:
     _MAX_FLAGS = 0xFFFF
     _MAX_PAYLOAD = 1 << 24
     _REPR_PAYLOAD = 32
+    # A partial frame's first payload allocation is at least this (never more
+    # than its declared length), so a small frame split across two chunks is
+    # allocated once; beyond it, memory follows what arrives.
+    _MIN_RESERVE = 4096
 
 
 # -- C helpers ---------------------------------------------------------------
@@ -71,13 +80,13 @@ cdef inline void _write_header(unsigned char* q, unsigned int ftype, unsigned in
     q[7] = <unsigned char>length
 
 
-cdef inline int _check_header(const unsigned char* q) except -1:
+cdef inline int _check_header(const unsigned char* q, uint32_t limit) except -1:
     cdef unsigned int version = q[0] >> 5
     if version != _VERSION:
         raise _bad_version(version)
     cdef uint32_t length = _be32(q + 4)
-    if length > _MAX_PAYLOAD:
-        raise _bad_length(length)
+    if length > limit:
+        raise _too_large(length, limit)
     return 0
 
 
@@ -183,7 +192,7 @@ def encode_header(ftype, length, flags=0):
 cdef inline tuple _decode(const unsigned char* q, Py_ssize_t n):
     if n < _HEADER_SIZE:
         raise ShortHeader(f"orp: short header: {n} bytes, need {_HEADER_SIZE}")
-    _check_header(q)
+    _check_header(q, _MAX_PAYLOAD)
     return (_VERSION, <int>(_be16(q) & _MAX_TYPE), <int>_be16(q + 2), <long long>_be32(q + 4))
 
 
@@ -242,10 +251,16 @@ def encode_frame(ftype, payload=b"", flags=0):
 cdef class FrameDecoder:
     """Sans-IO ORP stream decoder: ``feed`` bytes in any split, get frames out.
 
-    It buffers at most one partial frame (its header and at most MAX_PAYLOAD
-    payload bytes); whole frames inside a fed chunk are cut straight out of
-    it. A declared length over MAX_PAYLOAD is rejected as soon as its 8
-    header bytes are in, before any payload.
+    ``max_payload`` is the largest payload a frame may declare (MAX_PAYLOAD
+    by default; control streams use MAX_CONTROL_PAYLOAD). A declared length
+    over it is rejected as soon as its 8 header bytes are in, before any
+    payload: PayloadTooLarge with the default limit, FrameTooLarge (which
+    closes the connection) with a lower one.
+
+    It buffers at most one partial frame, and only the bytes of it that have
+    arrived: memory grows with what is received, never reserved at the
+    declared length. Whole frames inside a fed chunk are cut straight out of
+    it.
 
     Errors poison the decoder: frames decoded earlier in the failing
     ``feed`` call are dropped, the buffer is discarded, and every later
@@ -259,17 +274,30 @@ cdef class FrameDecoder:
         self._length = 0
         self._got = 0
         self._error = None
+        self._max = 0
+
+    def __init__(self, max_payload=_MAX_PAYLOAD):
+        """Raises ValueError (max_payload outside 0..MAX_PAYLOAD), TypeError (not an integer)."""
+        cdef long long m = _as_int(max_payload)
+        if m < 0 or m > _MAX_PAYLOAD:
+            raise _bad_limit(_index(max_payload))
+        self._max = <uint32_t>m
 
     @property
     def pending(self):
         """Bytes of an incomplete frame held in the buffer."""
         return self._hdr_len + self._got
 
+    def __reduce_ex__(self, protocol):
+        """Refuse pickling and copying (TypeError), as the pure twin does."""
+        raise not_copyable("FrameDecoder")
+
     def feed(self, data):
         """Consume ``data``; return the frames it completes, in order.
 
-        Raises InvalidVersion or PayloadTooLarge on a bad header (and then
-        poisons the decoder), TypeError if data is not bytes-like.
+        Raises InvalidVersion, PayloadTooLarge or FrameTooLarge on a bad
+        header (and then poisons the decoder), TypeError if data is not
+        bytes-like.
         """
         cdef Py_buffer view
         cdef bint release = False
@@ -334,15 +362,56 @@ cdef class FrameDecoder:
         self._got = 0
 
     cdef int _start(self) except -1:
-        # The 8 header bytes of the partial frame are in: validate them and
-        # allocate the payload, to be filled in place (nobody else sees it).
-        _check_header(self._hdr)
+        # The 8 header bytes of the partial frame are in: validate them. The
+        # payload is allocated by _fill, as its bytes arrive.
+        _check_header(self._hdr, self._max)
         self._type = _be16(self._hdr) & _MAX_TYPE
         self._flags = _be16(self._hdr + 2)
         self._length = _be32(self._hdr + 4)
         self._got = 0
-        self._payload = PyBytes_FromStringAndSize(NULL, self._length)
+        self._payload = None
         return 0
+
+    cdef int _fill(self, const unsigned char* p, Py_ssize_t take) except -1:
+        # Append ``take`` (> 0) payload bytes of the partial frame. Capacity
+        # never exceeds the declared length, so it is exact once complete.
+        cdef Py_ssize_t need = self._got + take
+        cdef Py_ssize_t cap
+        if self._payload is None:
+            cap = need if need > _MIN_RESERVE else _MIN_RESERVE
+            if cap > self._length:
+                cap = self._length
+            self._payload = PyBytes_FromStringAndSize(NULL, cap)
+        else:
+            cap = PyBytes_GET_SIZE(self._payload)
+            if need > cap:
+                cap = 2 * cap if 2 * cap < self._length else self._length
+                if cap < need:
+                    cap = need
+                self._resize(cap)
+        memcpy(PyBytes_AS_STRING(self._payload) + self._got, p, take)
+        self._got = need
+        return 0
+
+    cdef int _resize(self, Py_ssize_t size) except -1:
+        # _PyBytes_Resize reallocates in place and needs the only reference:
+        # take it out of self._payload (which never escapes before completion).
+        cdef PyObject* raw = <PyObject*>self._payload
+        Py_XINCREF(raw)
+        self._payload = None
+        _PyBytes_Resize(&raw, size)  # on failure: raw freed and NULL, MemoryError
+        self._payload = <object>raw
+        Py_XDECREF(raw)
+        return 0
+
+    cdef object _done(self):
+        # The completed partial frame (its payload is exactly _length bytes).
+        cdef object payload = self._payload
+        if payload is None:
+            payload = b""
+        cdef Frame frame = _new_frame(self._type, payload, self._flags)
+        self._reset()
+        return frame
 
     cdef list _run(self, const unsigned char* p, Py_ssize_t n):
         cdef list frames = []
@@ -362,16 +431,14 @@ cdef class FrameDecoder:
                 self._start()
             take = min(self._length - self._got, n - pos)
             if take:
-                memcpy(PyBytes_AS_STRING(self._payload) + self._got, p + pos, take)
-                self._got += take
+                self._fill(p + pos, take)
                 pos += take
             if self._got < self._length:
                 return frames
-            frames.append(_new_frame(self._type, self._payload, self._flags))
-            self._reset()
+            frames.append(self._done())
         while n - pos >= _HEADER_SIZE:
             q = p + pos
-            _check_header(q)
+            _check_header(q, self._max)
             length = _be32(q + 4)
             if n - pos - _HEADER_SIZE < length:
                 break
@@ -391,8 +458,7 @@ cdef class FrameDecoder:
                 self._start()
                 take = n - pos
                 if take:
-                    memcpy(PyBytes_AS_STRING(self._payload), p + pos, take)
-                    self._got = take
+                    self._fill(p + pos, take)
         return frames
 
 
@@ -407,8 +473,10 @@ from outrelay.orp._codec_py import Frame as _PyFrame  # noqa: E402
 from outrelay.orp._codec_py import (  # noqa: E402
     _bad_flags,
     _bad_length,
+    _bad_limit,
     _bad_type,
     _bad_version,
+    _too_large,
     _type_label,
 )
 from outrelay.orp.errors import (  # noqa: E402
@@ -416,4 +484,5 @@ from outrelay.orp.errors import (  # noqa: E402
     OrpError,
     ShortHeader,
     TruncatedFrame,
+    not_copyable,
 )

@@ -11,7 +11,7 @@ out from a tuple so that no enum lookup happens on the hot path.
 from cpython.long cimport PyLong_AsLongAndOverflow
 from cpython.number cimport PyNumber_Index
 
-from outrelay.orp.errors import InvalidTransition
+from outrelay.orp.errors import InvalidTransition, not_copyable
 from outrelay.orp.types import StreamEvent, StreamState
 
 cdef enum:
@@ -45,7 +45,8 @@ cdef str _event_name(object event):
 cdef class StreamFSM:
     """The lifecycle of one stream; starts in ``StreamState.INIT``."""
 
-    def __cinit__(self):
+    def __init__(self):
+        # an __init__ (not __cinit__, which would ignore them) refuses arguments
         self._state = 0
 
     @property
@@ -82,3 +83,7 @@ cdef class StreamFSM:
 
     def __repr__(self):
         return f"<StreamFSM {_STATES[self._state]}>"
+
+    def __reduce_ex__(self, protocol):
+        """Refuse pickling and copying (TypeError), as the pure twin does."""
+        raise not_copyable("StreamFSM")

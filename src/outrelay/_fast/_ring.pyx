@@ -15,7 +15,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
 from libc.string cimport memcpy
 
-from outrelay.resume.errors import PositionEvicted
+from outrelay.resume.errors import PositionEvicted, bad_capacity, not_contiguous, not_copyable
 
 cdef enum:
     MIN_ALLOC = 4096
@@ -40,6 +40,15 @@ cdef inline long long _position(object value, int* overflow) except? -1:
     return PyLong_AsLongLongAndOverflow(value, overflow)
 
 
+cdef Py_ssize_t _capacity(object value, Py_ssize_t default) except? -1:
+    """``operator.index(value)``, ``default`` when <= 0; OverflowError (the twin's words)."""
+    cdef int overflow = 0
+    cdef long long cap = _position(value, &overflow)
+    if overflow:
+        raise bad_capacity(PyNumber_Index(value))
+    return default if cap <= 0 else <Py_ssize_t>cap
+
+
 cdef class RingBuffer:
     """The most recent bytes of a stream, addressed by absolute position.
 
@@ -48,9 +57,8 @@ cdef class RingBuffer:
     moves between the two bounds.
     """
 
-    def __cinit__(self, Py_ssize_t capacity=0):
-        if capacity <= 0:
-            capacity = _DEFAULT_CAP
+    def __cinit__(self, capacity=0):
+        capacity = _capacity(capacity, _DEFAULT_CAP)
         self._buf = NULL
         self._size = 0
         self._start = 0
@@ -65,17 +73,19 @@ cdef class RingBuffer:
         self._buf = NULL
 
     @classmethod
-    def adaptive(cls, Py_ssize_t min_capacity=0, Py_ssize_t max_capacity=0):
+    def adaptive(cls, min_capacity=0, max_capacity=0):
         """An adaptive ring; ``<= 0`` picks 64 KiB / 16 MiB, and min is clamped to max."""
-        if min_capacity <= 0:
-            min_capacity = _DEFAULT_MIN_CAP
-        if max_capacity <= 0:
-            max_capacity = _DEFAULT_CAP
-        if min_capacity > max_capacity:
-            min_capacity = max_capacity
-        cdef RingBuffer ring = cls(min_capacity)
-        ring._max = max_capacity
+        cdef Py_ssize_t lo = _capacity(min_capacity, _DEFAULT_MIN_CAP)
+        cdef Py_ssize_t hi = _capacity(max_capacity, _DEFAULT_CAP)
+        if lo > hi:
+            lo = hi
+        cdef RingBuffer ring = cls(lo)
+        ring._max = hi
         return ring
+
+    def __reduce_ex__(self, protocol):
+        """Refuse pickling and copying (TypeError), as the pure twin does."""
+        raise not_copyable()
 
     @property
     def head(self):
@@ -120,7 +130,16 @@ cdef class RingBuffer:
         """
         cdef Py_buffer view
         cdef Py_ssize_t n
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except BufferError:
+            # refused as one flat block: decide as the pure twin does, through
+            # a memoryview (non-contiguous: its BufferError; else copy it flat)
+            with memoryview(data) as raw:
+                if not raw.c_contiguous:
+                    raise not_contiguous() from None
+                data = raw.tobytes()
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             n = view.len
             self._write(<const unsigned char*>view.buf, n)

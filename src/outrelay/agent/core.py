@@ -61,6 +61,7 @@ from enum import IntEnum
 from outrelay.agent import events as ev
 from outrelay.orp import (
     HEADER_SIZE,
+    MAX_CONTROL_PAYLOAD,
     VERSION,
     FrameDecoder,
     FrameType,
@@ -161,7 +162,7 @@ class AgentProtocol:
         self.register_timeout = register_timeout
         self.ready_timeout = ready_timeout
         self.control_qid: int | None = None
-        self._control = FrameDecoder()
+        self._control = FrameDecoder(MAX_CONTROL_PAYLOAD)
         self._hello_deadline: float | None = None
         self._acked = False
         self._broken = False

@@ -8,6 +8,7 @@ ones are used when built. ``IMPLEMENTATION`` says which one is active.
 from outrelay._compat import select
 from outrelay.orp import _codec_py, _fsm_py
 from outrelay.orp.errors import (
+    FrameTooLarge,
     InvalidFlags,
     InvalidTransition,
     InvalidType,
@@ -21,6 +22,7 @@ from outrelay.orp.errors import (
 )
 from outrelay.orp.types import (
     HEADER_SIZE,
+    MAX_CONTROL_PAYLOAD,
     MAX_PAYLOAD,
     MAX_TYPE,
     VERSION,
@@ -44,11 +46,13 @@ from outrelay.orp.messages import decode_message, encode_message  # noqa: E402
 __all__ = [
     "HEADER_SIZE",
     "IMPLEMENTATION",
+    "MAX_CONTROL_PAYLOAD",
     "MAX_PAYLOAD",
     "MAX_TYPE",
     "VERSION",
     "Frame",
     "FrameDecoder",
+    "FrameTooLarge",
     "FrameType",
     "InvalidFlags",
     "InvalidTransition",

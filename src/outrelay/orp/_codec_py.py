@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import struct
 from operator import index
-from typing import final
+from typing import NoReturn, SupportsIndex, final
 
 from outrelay.orp.errors import (
+    FrameTooLarge,
     InvalidFlags,
     InvalidType,
     InvalidVersion,
@@ -30,6 +31,7 @@ from outrelay.orp.errors import (
     PayloadTooLarge,
     ShortHeader,
     TruncatedFrame,
+    not_copyable,
 )
 from outrelay.orp.types import HEADER_SIZE, MAX_PAYLOAD, MAX_TYPE, VERSION, FrameType
 
@@ -67,11 +69,24 @@ def _bad_flags(flags: int) -> InvalidFlags:
 def _bad_length(length: int) -> OrpError | ValueError:
     if length < 0:
         return ValueError(f"orp: payload length {length} is negative")
-    return PayloadTooLarge(f"orp: payload length {length} exceeds MAX_PAYLOAD ({MAX_PAYLOAD})")
+    return _too_large(length, MAX_PAYLOAD)
 
 
 def _bad_version(version: int) -> InvalidVersion:
     return InvalidVersion(f"orp: unsupported version {version} (want {VERSION})")
+
+
+def _too_large(length: int, limit: int) -> PayloadTooLarge:
+    """What a decoder whose limit is ``limit`` raises for a declared ``length`` over it."""
+    if limit == MAX_PAYLOAD:
+        return PayloadTooLarge(f"orp: payload length {length} exceeds MAX_PAYLOAD ({MAX_PAYLOAD})")
+    return FrameTooLarge(
+        f"orp: frame header declares {length} payload bytes, over the limit of {limit}"
+    )
+
+
+def _bad_limit(limit: int) -> ValueError:
+    return ValueError(f"orp: max_payload {limit} out of range (0..{MAX_PAYLOAD})")
 
 
 @final
@@ -214,10 +229,16 @@ def encode_frame(
 class FrameDecoder:
     """Sans-IO ORP stream decoder: ``feed`` bytes in any split, get frames out.
 
-    It buffers at most one partial frame (its header and at most MAX_PAYLOAD
-    payload bytes); whole frames inside a fed chunk are cut straight out of
-    it. A declared length over MAX_PAYLOAD is rejected as soon as its 8
-    header bytes are in, before any payload.
+    ``max_payload`` is the largest payload a frame may declare (MAX_PAYLOAD
+    by default; control streams use MAX_CONTROL_PAYLOAD). A declared length
+    over it is rejected as soon as its 8 header bytes are in, before any
+    payload: PayloadTooLarge with the default limit, FrameTooLarge (which
+    closes the connection) with a lower one.
+
+    It buffers at most one partial frame, and only the bytes of it that have
+    arrived: memory grows with what is received, never reserved at the
+    declared length. Whole frames inside a fed chunk are cut straight out of
+    it.
 
     Errors poison the decoder: frames decoded earlier in the failing
     ``feed`` call are dropped, the buffer is discarded, and every later
@@ -225,10 +246,16 @@ class FrameDecoder:
     again. Close the connection.
     """
 
-    __slots__ = ("_buf", "_want", "_error")
+    __slots__ = ("_buf", "_want", "_error", "_max")
 
-    def __init__(self) -> None:
-        #: Start of the one partial frame (header, then payload bytes).
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        """Raises ValueError (max_payload outside 0..MAX_PAYLOAD), TypeError (not an integer)."""
+        if max_payload.__class__ is not int:
+            max_payload = index(max_payload)
+        if not 0 <= max_payload <= MAX_PAYLOAD:
+            raise _bad_limit(max_payload)
+        self._max = max_payload
+        #: Start of the one partial frame (header, then the payload bytes received so far).
         self._buf = bytearray()
         #: Total size (header + payload) of the partial frame once its header is in.
         self._want = 0
@@ -239,11 +266,16 @@ class FrameDecoder:
         """Bytes of an incomplete frame held in the buffer."""
         return len(self._buf)
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refuse pickling and copying (TypeError), as the compiled twin does."""
+        raise not_copyable("FrameDecoder")
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Consume ``data``; return the frames it completes, in order.
 
-        Raises InvalidVersion or PayloadTooLarge on a bad header (and then
-        poisons the decoder), TypeError if data is not bytes-like.
+        Raises InvalidVersion, PayloadTooLarge or FrameTooLarge on a bad
+        header (and then poisons the decoder), TypeError if data is not
+        bytes-like.
         """
         if self._error is not None:
             self._raise_again()
@@ -310,13 +342,12 @@ class FrameDecoder:
         self._buf.clear()
         raise self._error
 
-    @staticmethod
-    def _check(word0: int, flags: int, length: int) -> tuple[int, int, int]:
+    def _check(self, word0: int, flags: int, length: int) -> tuple[int, int, int]:
         version = word0 >> 13
         if version != VERSION:
             raise _bad_version(version)
-        if length > MAX_PAYLOAD:
-            raise _bad_length(length)
+        if length > self._max:
+            raise _too_large(length, self._max)
         return word0, flags, length
 
     def _raise_again(self) -> None:

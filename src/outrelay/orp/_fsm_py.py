@@ -11,9 +11,9 @@ The FSM is purely in memory and single-threaded: the caller serialises.
 from __future__ import annotations
 
 import operator
-from typing import SupportsIndex
+from typing import NoReturn, SupportsIndex
 
-from outrelay.orp.errors import InvalidTransition
+from outrelay.orp.errors import InvalidTransition, not_copyable
 from outrelay.orp.types import StreamEvent, StreamState
 
 _S = StreamState
@@ -77,3 +77,7 @@ class StreamFSM:
 
     def __repr__(self) -> str:
         return f"<StreamFSM {self._state}>"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refuse pickling and copying (TypeError), as the compiled twin does."""
+        raise not_copyable("StreamFSM")

@@ -10,6 +10,11 @@ from enum import IntEnum
 HEADER_SIZE = 8
 #: Largest payload a frame may carry (exactly 2**24 is allowed).
 MAX_PAYLOAD = 1 << 24
+#: Largest payload of a frame on a control stream (64 KiB). The largest real
+#: control frame (a HELLO or REGISTER: a URI, a service name and an address)
+#: is a few hundred bytes; the data-stream bytes after an opening frame are
+#: never parsed, so this bounds what a peer can make a decoder hold.
+MAX_CONTROL_PAYLOAD = 1 << 16
 #: The protocol version we write and the only one we accept.
 VERSION = 1
 #: Largest value of the 11-bit type field.

@@ -128,6 +128,8 @@ class ControlFlow(CoreState):
                 agent.decoder.close()
         except OrpError as exc:
             frames = []
+            if exc.closes_connection:  # an oversized control frame header (FrameTooLarge)
+                return actions + self._refuse(conn, f"control stream: {exc}")
             if not agent.hello_done:
                 return actions + self._refuse(conn, f"bad HELLO: {exc}")
             log.info("control stream ended", extra=kv(agent=agent.uri, err=str(exc)))

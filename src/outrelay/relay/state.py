@@ -30,6 +30,7 @@ from outrelay.identity import Identity
 from outrelay.observe import REGISTRY, Counter, Registry, kv
 from outrelay.orp import (
     HEADER_SIZE,
+    MAX_CONTROL_PAYLOAD,
     Frame,
     FrameDecoder,
     OrpError,
@@ -132,7 +133,7 @@ class _Agent:
     hello_done: bool = False
     refused: bool = False
     control_done: bool = False
-    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_CONTROL_PAYLOAD))
     queued: deque[Frame] = field(default_factory=deque)
     held_control: bytearray = field(default_factory=bytearray)
     held_fin: bool = False

@@ -22,9 +22,9 @@ from __future__ import annotations
 import operator
 import sys
 import threading
-from typing import TYPE_CHECKING, SupportsIndex
+from typing import TYPE_CHECKING, NoReturn, SupportsIndex
 
-from outrelay.resume.errors import PositionEvicted
+from outrelay.resume.errors import PositionEvicted, bad_capacity, not_contiguous, not_copyable
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -40,8 +40,12 @@ _MIN_ALLOC = 4096
 def _capacity(value: SupportsIndex, default: int) -> int:
     cap = operator.index(value)
     if not -sys.maxsize - 1 <= cap <= sys.maxsize:
-        raise OverflowError("ring: capacity does not fit in a C ssize_t")
+        raise bad_capacity(cap)
     return default if cap <= 0 else cap
+
+
+#: What memoryview() puts before the buffer protocol's own TypeError message.
+_MEMORYVIEW_PREFIX = "memoryview: "
 
 
 class RingBuffer:
@@ -112,6 +116,10 @@ class RingBuffer:
             f"cap={self._cap} min={self._min} max={self._max}>"
         )
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refuse pickling and copying (TypeError), as the compiled twin does."""
+        raise not_copyable()
+
     def write(self, data: Buffer) -> int:
         """Append ``data`` (any C-contiguous bytes-like object); return its length.
 
@@ -119,9 +127,14 @@ class RingBuffer:
         Raises ``TypeError`` for a non-buffer and ``BufferError`` for a
         non-contiguous one.
         """
-        with memoryview(data) as raw:
+        try:
+            view = memoryview(data)
+        except TypeError as exc:
+            # the buffer protocol's own words, as the compiled twin reports them
+            raise TypeError(str(exc).removeprefix(_MEMORYVIEW_PREFIX)) from None
+        with view as raw:
             if not raw.c_contiguous:
-                raise BufferError("ring: data must be a C-contiguous buffer")
+                raise not_contiguous()
             if raw.ndim == 1 and raw.itemsize == 1:
                 return self._write(raw)
             with raw.cast("B") as flat:
