@@ -122,6 +122,10 @@ def old_profile_leaf(
             ),
             critical=False,
         )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
         .sign(ca.key, hashes.SHA256())
     )
     return key, cert
