@@ -198,17 +198,21 @@ def test_enroll_and_remote_token(
     bundle, tls, mtls, issuer = controller
     ca = str(bundle / "ca.crt")
     admin = ("--cert", str(bundle / "admin-admin.crt"), "--key", str(bundle / "admin-admin.key"))
+    # the old --server-name is ignored (with a warning): the controller's role
+    # name is what is checked, and the dev bundle's controller certificate has it
     result = invoke(
         "pki", "token", "--controller", mtls, "--tenant", "acme", *admin, "--ca", ca,
         "--server-name", "localhost", "--ttl", "5m",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "warning: --server-name is ignored" in result.stderr
     token = result.stdout.strip()
 
     out = tmp_path / "agent"
-    args = ("enroll", "--controller", tls, "--ca", ca, "--server-name", "localhost")
+    args = ("enroll", "--controller", tls, "--ca", ca)
     result = invoke(*args, "--token", token, "--tenant", "acme", "--out", str(out))
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert stat.S_IMODE((out / "tls.key").stat().st_mode) == 0o600
     identity = peer_identity((out / "tls.crt").read_bytes())
