@@ -350,7 +350,7 @@ def test_agent_side_accepts_a_relay_and_checks_the_pin(pki: PKI) -> None:
     pair = Pair(pinned, pki.server_config())
     reason = _refused(pair, pair.client)
     assert reason == (
-        "server refused: expected the pinned URI outrelay://eu/relay/r2; "
+        "server certificate refused: expected the pinned URI outrelay://eu/relay/r2; "
         "the server presented outrelay://eu/relay/r1"
     )
 

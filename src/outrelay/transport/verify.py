@@ -222,5 +222,5 @@ def check_role(
         require_role(peer.uri, accepted, pinned=pinned, peer=side)
     except RoleRefused as exc:
         raise PeerVerificationError(
-            f"{side} refused: {exc}", tls_alert=ALERT_ACCESS_DENIED
+            f"{side} certificate refused: {exc}", tls_alert=ALERT_ACCESS_DENIED
         ) from None
