@@ -97,3 +97,17 @@ def test_dockerfile_builds_the_declared_package() -> None:
     assert "USER 65532:65532" in text
     for path in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "src"):
         assert path in text and (ROOT / path).exists(), path
+
+
+def test_agents_pin_the_deployed_relay(tmp_path: Path) -> None:
+    """Every agent's --relay-uri is the identity in the relay Secret the relay mounts."""
+    write_dev_bundle(DevBundleConfig(out=tmp_path / "pki"))
+    secrets = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((tmp_path / "pki" / "secrets.yaml").read_text())
+    }
+    relay_uri = secrets["outrelay-relay-tls"]["metadata"]["annotations"]["outrelay.dev/uri"]
+    agents = [c for c in containers() if c.get("args", [None])[0] == "agent"]
+    assert len(agents) == 2
+    for agent in agents:
+        assert f"--relay-uri={relay_uri}" in agent["args"], agent["name"]

@@ -198,17 +198,21 @@ def test_enroll_and_remote_token(
     bundle, tls, mtls, issuer = controller
     ca = str(bundle / "ca.crt")
     admin = ("--cert", str(bundle / "admin-admin.crt"), "--key", str(bundle / "admin-admin.key"))
+    # the old --server-name is ignored (with a warning): the controller's role
+    # name is what is checked, and the dev bundle's controller certificate has it
     result = invoke(
         "pki", "token", "--controller", mtls, "--tenant", "acme", *admin, "--ca", ca,
         "--server-name", "localhost", "--ttl", "5m",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "warning: --server-name is ignored" in result.stderr
     token = result.stdout.strip()
 
     out = tmp_path / "agent"
-    args = ("enroll", "--controller", tls, "--ca", ca, "--server-name", "localhost")
+    args = ("enroll", "--controller", tls, "--ca", ca)
     result = invoke(*args, "--token", token, "--tenant", "acme", "--out", str(out))
     assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert stat.S_IMODE((out / "tls.key").stat().st_mode) == 0o600
     identity = peer_identity((out / "tls.crt").read_bytes())
@@ -240,3 +244,54 @@ def test_enroll_and_remote_token(
 
 def test_unused_helpers_are_importable() -> None:
     assert cert_pem and key_pem
+
+
+def _profile(leaf: Path) -> tuple[list[str], list[str]]:
+    """(extended key usage names, DNS and IP SANs) of ``<leaf>/tls.crt``."""
+    cert = x509.load_pem_x509_certificate((leaf / "tls.crt").read_bytes())
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    hosts = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    hosts += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+    return [u._name for u in eku], hosts
+
+
+def test_issue_agent_leaf_is_client_only(tmp_path: Path) -> None:
+    """Finding 1: an issued agent leaf has no serverAuth and no DNS SAN (no localhost)."""
+    ca_dir = tmp_path / "ca"
+    assert invoke("pki", "init", "--dir", str(ca_dir)).exit_code == 0
+    agent = f"outrelay://acme/agent/{AID}"
+    base = ("pki", "issue", "--ca-dir", str(ca_dir))
+    result = invoke(*base, "--uri", agent, "--out", str(tmp_path / "agent"))
+    assert result.exit_code == 0, result.output
+    assert _profile(tmp_path / "agent") == (["clientAuth"], [])
+    result = invoke(*base, "--uri", "outrelay://acme/admin/ops", "--out", str(tmp_path / "admin"))
+    assert result.exit_code == 0, result.output
+    assert _profile(tmp_path / "admin") == (["clientAuth"], [])
+    # the explicit opt-in for an agent that will serve P2P
+    p2p = tmp_path / "p2p"
+    result = invoke(*base, "--uri", agent, "--out", str(p2p), "--server-auth", "--dns", "a.example")
+    assert result.exit_code == 0, result.output
+    assert _profile(p2p) == (["serverAuth", "clientAuth"], ["a.example"])
+    out = ("--out", str(tmp_path / "x"))
+    one_line_usage_error(invoke(*base, "--uri", agent, *out, "--dns", "a.example"), "--server-auth")
+    one_line_usage_error(invoke(*base, "--uri", agent, *out, "--ip", "127.0.0.1"), "client-only")
+    admin = ("--uri", "outrelay://acme/admin/ops", *out)
+    one_line_usage_error(invoke(*base, *admin, "--server-auth"), "no serverAuth")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "uri", [f"outrelay://acme/agent/{AID}", "outrelay://acme/relay/r1", "outrelay://acme/admin/a"]
+)
+@pytest.mark.parametrize("name", ["controller.outrelay.invalid", "Controller.Outrelay.Invalid"])
+def test_issue_refuses_the_controller_role_name(tmp_path: Path, uri: str, name: str) -> None:
+    """Only the controller's certificate may carry controller.outrelay.invalid: exit 2, one line."""
+    ca_dir = tmp_path / "ca"
+    assert invoke("pki", "init", "--dir", str(ca_dir)).exit_code == 0
+    args = ["pki", "issue", "--ca-dir", str(ca_dir), "--uri", uri, "--out", str(tmp_path / "x")]
+    result = invoke(*args, "--dns", name, *(["--server-auth"] if "/agent/" in uri else []))
+    one_line_usage_error(result, "is reserved: names under outrelay.invalid are roles")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr  # click's usage header, then one error line
+    assert not (tmp_path / "x").exists()

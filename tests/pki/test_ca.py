@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
-from outrelay.identity import Identity, peer_identity
+from outrelay.identity import CONTROLLER_NAME, Identity, Role, peer_identity
 from outrelay.pki import (
     CA,
     CAError,
@@ -22,12 +22,18 @@ from outrelay.pki import (
     CSRParseError,
     CSRSignatureError,
     CSRURIMismatch,
+    LeafProfileError,
+    ReservedName,
     key_pem,
     make_csr,
 )
 
 NOW = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 AGENT = Identity.agent("acme", "00000000-0000-0000-0000-000000000001")
+RELAY = Identity.relay("acme", "r1")
+ADMIN = Identity.admin("acme", "ops")
+CLIENT_ONLY = [ExtendedKeyUsageOID.CLIENT_AUTH]
+SERVER_AND_CLIENT = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +84,20 @@ def test_ca_profile(ca: CA) -> None:
 
 
 def test_leaf_profile(ca: CA) -> None:
-    key, csr = make_csr(AGENT)
+    """A relay leaf, field by field: serverAuth+clientAuth, localhost then the given names."""
+    key, csr = make_csr(RELAY)
     # the CSR's subject and other SANs are ignored
-    csr = _csr(key, ["outrelay://x/relay/other", str(AGENT)], extra=[x509.DNSName("evil.example")])
+    csr = _csr(key, ["outrelay://x/relay/other", str(RELAY)], extra=[x509.DNSName("evil.example")])
     cert = ca.sign(
         csr,
-        AGENT,
+        RELAY,
         dt.timedelta(hours=2),
         dns_names=["relay.example"],
         ip_addresses=["127.0.0.1", ipaddress.ip_address("::1")],
         now=NOW,
     )
     cert = x509.load_pem_x509_certificate(cert.public_bytes(serialization.Encoding.PEM))
-    assert cert.subject.rfc4514_string() == f"CN={AGENT}"
+    assert cert.subject.rfc4514_string() == f"CN={RELAY}"
     assert cert.issuer == ca.cert.subject
     assert cert.public_key() == key.public_key()
     assert cert.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA256
@@ -102,9 +109,9 @@ def test_leaf_profile(ca: CA) -> None:
     assert ku.critical and ku.value.digital_signature and ku.value.key_encipherment
     assert not (ku.value.key_cert_sign or ku.value.crl_sign or ku.value.content_commitment)
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(eku) == SERVER_AND_CLIENT
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [str(AGENT)]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [str(RELAY)]
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "relay.example"]
     assert san.get_values_for_type(x509.IPAddress) == [
         ipaddress.ip_address("127.0.0.1"),
@@ -115,7 +122,61 @@ def test_leaf_profile(ca: CA) -> None:
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
+    assert peer_identity(cert) == RELAY
+
+
+def _usages_and_names(cert: x509.Certificate) -> tuple[list[x509.ObjectIdentifier], list[str]]:
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    hosts = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    hosts += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return list(eku), hosts
+
+
+def test_agent_leaf_is_client_only_without_host_names(ca: CA) -> None:
+    """Finding 1: an agent leaf cannot serve TLS (no serverAuth) nor pass for localhost."""
+    _, cert = ca.issue(AGENT, now=NOW)
+    assert _usages_and_names(cert) == (CLIENT_ONLY, [])
     assert peer_identity(cert) == AGENT
+
+
+def test_agent_leaf_server_auth_is_an_explicit_opt_in(ca: CA) -> None:
+    _, cert = ca.issue(AGENT, dns_names=["p2p.example"], server_auth=True, now=NOW)
+    assert _usages_and_names(cert) == (SERVER_AND_CLIENT, ["p2p.example"])
+    _, bare = ca.issue(AGENT, server_auth=True, now=NOW)
+    assert _usages_and_names(bare) == (SERVER_AND_CLIENT, [])  # no blanket localhost
+
+
+def test_admin_leaf_is_client_only(ca: CA) -> None:
+    _, cert = ca.issue(ADMIN, now=NOW)
+    assert _usages_and_names(cert) == (CLIENT_ONLY, [])
+
+
+@pytest.mark.parametrize(
+    ("identity", "kwargs", "match"),
+    [
+        (AGENT, {"dns_names": ["a.example"]}, "an agent leaf .* unless issued with --server-auth"),
+        (AGENT, {"ip_addresses": ["127.0.0.1"]}, "client-only and carries no DNS/IP SAN"),
+        (ADMIN, {"dns_names": ["a.example"]}, "an admin leaf .* client-only"),
+        (ADMIN, {"server_auth": True}, r"an admin leaf .* \(no serverAuth\)"),
+    ],
+)
+def test_leaf_profile_refusals(
+    ca: CA, identity: Identity, kwargs: dict[str, object], match: str
+) -> None:
+    _, csr = make_csr(identity)
+    with pytest.raises(LeafProfileError, match=match):
+        ca.sign(csr, identity, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("identity", [AGENT, RELAY, ADMIN], ids=str)
+@pytest.mark.parametrize(
+    "name", ["controller.outrelay.invalid", "CONTROLLER.outrelay.invalid.", "x.outrelay.invalid"]
+)
+def test_reserved_role_names_are_refused_in_any_leaf(ca: CA, identity: Identity, name: str) -> None:
+    _, csr = make_csr(identity)
+    with pytest.raises(ReservedName, match="reserved: names under outrelay.invalid are roles"):
+        ca.sign(csr, identity, dns_names=[name], server_auth=identity.role is not Role.ADMIN)
 
 
 def test_leaf_defaults(ca: CA) -> None:
@@ -124,8 +185,11 @@ def test_leaf_defaults(ca: CA) -> None:
         cert = ca.sign(csr, AGENT, ttl, now=NOW)
         assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(minutes=61)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+        assert san.get_values_for_type(x509.DNSName) == []
         assert san.get_values_for_type(x509.IPAddress) == []
+    _, relay_csr = make_csr(RELAY)
+    relay = ca.sign(relay_csr, RELAY, now=NOW)
+    assert _usages_and_names(relay) == (SERVER_AND_CLIENT, ["localhost"])
     # never outlives the CA
     cert = ca.sign(csr, AGENT, dt.timedelta(days=365 * 20), now=NOW)
     assert cert.not_valid_after_utc == ca.cert.not_valid_after_utc
@@ -235,4 +299,7 @@ def test_server_certificate(ca: CA) -> None:
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == []
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "ctl.example"]
+    # the controller's role name first: every gRPC client of the controller checks it
+    assert san.get_values_for_type(x509.DNSName) == [CONTROLLER_NAME, "localhost", "ctl.example"]
+    with pytest.raises(ReservedName):
+        ca.issue_server(dns_names=["relay.outrelay.invalid"])

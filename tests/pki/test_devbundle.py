@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from outrelay.identity import Identity, peer_identity
+from outrelay.identity import CONTROLLER_NAME, Identity, peer_identity
 from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
 
 PROVIDER = "outrelay://acme/agent/00000000-0000-0000-0000-000000000001"
@@ -101,3 +101,27 @@ def test_secrets_yaml_parses(dev_bundle: Path) -> None:
     assert provider["stringData"]["tls.crt"] == (dev_bundle / "agent-provider.crt").read_text()
     assert provider["stringData"]["tls.key"] == (dev_bundle / "agent-provider.key").read_text()
     assert provider["stringData"]["ca.crt"] == (dev_bundle / "ca.crt").read_text()
+
+
+def _profile(path: Path) -> tuple[list[str], list[str]]:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    hosts = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    hosts += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+    return [u._name for u in eku], hosts
+
+
+def test_leaf_profiles_by_role(dev_bundle: Path) -> None:
+    """Agents and the admin are client-only without host names; the relay serves
+    localhost and 127.0.0.1; the controller carries its role name first."""
+    assert _profile(dev_bundle / "agent-provider.crt") == (["clientAuth"], [])
+    assert _profile(dev_bundle / "agent-consumer.crt") == (["clientAuth"], [])
+    assert _profile(dev_bundle / "admin-admin.crt") == (["clientAuth"], [])
+    assert _profile(dev_bundle / "relay-r1.crt") == (
+        ["serverAuth", "clientAuth"],
+        ["localhost", "127.0.0.1"],
+    )
+    usages, hosts = _profile(dev_bundle / "controller.crt")
+    assert usages == ["serverAuth"]
+    assert hosts[0] == CONTROLLER_NAME

@@ -15,8 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from outrelay.identity import Identity, Role, peer_identity
+from outrelay.identity import CONTROLLER_NAME, Identity, Role, peer_identity
 from outrelay.pki import (
     CA,
     ApswTokenStore,
@@ -42,21 +45,29 @@ class Env:
     mtls: str
 
     def client(self, target: str, cert: tuple[bytes, bytes] | None = None) -> EnrollmentClient:
-        return EnrollmentClient(target, self.ca.cert_pem, client_cert=cert, server_name="localhost")
+        # no server name given: the client checks the controller's role name
+        return EnrollmentClient(target, self.ca.cert_pem, client_cert=cert)
 
     def leaf(self, identity: Identity, ttl: dt.timedelta | None = None) -> tuple[bytes, bytes]:
         key, cert = self.ca.issue(identity, ttl)
         return cert_pem(cert), key_pem(key)
 
 
-def run(tmp_path: Path, body: Callable[[Env], Awaitable[None]]) -> None:
+ServerCert = Callable[[CA], tuple[ec.EllipticCurvePrivateKey, x509.Certificate]]
+
+
+def run(
+    tmp_path: Path,
+    body: Callable[[Env], Awaitable[None]],
+    server_cert: ServerCert = lambda ca: ca.issue_server(),
+) -> None:
     async def main() -> None:
         ca = CA.create()
         store = ApswTokenStore(tmp_path / "controller.db")
         issuer = TokenIssuer(store)
         service = EnrollmentService(ca, TokenVerifier(store), issuer)
-        server_key, server_cert = ca.issue_server()
-        pair = [(key_pem(server_key), cert_pem(server_cert))]
+        server_key, server_cert_ = server_cert(ca)
+        pair = [(key_pem(server_key), cert_pem(server_cert_))]
         server = grpc.aio.server()
         add_to_server(service, server)
         tls_port = server.add_secure_port(
@@ -73,6 +84,51 @@ def run(tmp_path: Path, body: Callable[[Env], Awaitable[None]]) -> None:
             store.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def profile(cert: x509.Certificate) -> tuple[list[x509.ObjectIdentifier], list[str]]:
+    """(extended key usages, DNS and IP SANs) of a leaf."""
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+    return list(eku), names
+
+
+def old_profile_leaf(
+    ca: CA, identity: Identity, key: ec.EllipticCurvePrivateKey | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A leaf of the reference's blanket profile (serverAuth+clientAuth, DNS localhost),
+    which our CA no longer issues to agents: built here with cryptography."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(identity))]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(str(identity)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return key, cert
 
 
 async def expect(status: str, call: Awaitable[object]) -> str:
@@ -93,6 +149,7 @@ def test_enroll_then_renew_round_trip(tmp_path: Path) -> None:
         cert = x509.load_pem_x509_certificate(enrolled.cert_pem)
         cert.verify_directly_issued_by(env.ca.cert)
         assert peer_identity(cert) == identity and cert.public_key() == key.public_key()
+        assert profile(cert) == ([ExtendedKeyUsageOID.CLIENT_AUTH], [])  # an agent: client-only
         # replay of the same token
         details = await expect("UNAUTHENTICATED", env.client(env.tls).enroll(token, csr))
         assert "already used" in details
@@ -105,12 +162,9 @@ def test_enroll_then_renew_round_trip(tmp_path: Path) -> None:
         assert peer_identity(renewed) == identity
         assert renewed.public_key() == new_key.public_key()
         assert renewed.serial_number != cert.serial_number
+        assert profile(renewed) == ([ExtendedKeyUsageOID.CLIENT_AUTH], [])
         # and the renewed one can renew again
-        renewer = grpc_renewer(
-            env.mtls,
-            lambda: (renewed_pem, key_pem(new_key), env.ca.cert_pem),
-            server_name="localhost",
-        )
+        renewer = grpc_renewer(env.mtls, lambda: (renewed_pem, key_pem(new_key), env.ca.cert_pem))
         third, _ = await renewer(make_csr(identity)[1])
         assert peer_identity(third) == identity
 
@@ -180,6 +234,24 @@ def test_renew_rejections(tmp_path: Path) -> None:
             x509.SubjectAlternativeName
         )
         assert san.value.get_values_for_type(x509.DNSName) == ["localhost", "r1.example"]
+        assert profile(x509.load_pem_x509_certificate(renewed))[0] == [
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        ]
+        # an agent leaf of the old blanket profile renews to the narrow one
+        old_key, old = old_profile_leaf(env.ca, me)
+        narrow, _ = await env.client(env.mtls, (cert_pem(old), key_pem(old_key))).renew(csr_me)
+        assert profile(x509.load_pem_x509_certificate(narrow)) == (
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            [],
+        )
+        # a P2P agent (explicit --server-auth with a host name) keeps its profile
+        p2p_key, p2p = env.ca.issue(me, dns_names=["p2p.example"], server_auth=True)
+        kept, _ = await env.client(env.mtls, (cert_pem(p2p), key_pem(p2p_key))).renew(csr_me)
+        assert profile(x509.load_pem_x509_certificate(kept)) == (
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            ["p2p.example"],
+        )
         # a certificate from another CA is refused by the TLS layer itself
         stranger_key, stranger = CA.create().issue(me)
         with pytest.raises(EnrollmentRPCError) as info:
@@ -208,3 +280,23 @@ def test_issue_token_for_operators(tmp_path: Path) -> None:
         await expect("UNAUTHENTICATED", env.client(env.tls).issue_token("acme"))
 
     run(tmp_path, body)
+
+
+@pytest.mark.parametrize("impostor", ["relay", "old-profile agent"])
+def test_enrollment_client_refuses_a_server_that_is_not_the_controller(
+    tmp_path: Path, impostor: str
+) -> None:
+    """Finding 1, controller side: a leaf valid for localhost/127.0.0.1 is not the controller."""
+
+    def relay_cert(ca: CA) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        if impostor == "relay":
+            return ca.issue(Identity.relay("acme", "r1"), ip_addresses=["127.0.0.1"])
+        return old_profile_leaf(ca, Identity.agent("acme", AID))
+
+    async def body(env: Env) -> None:
+        csr = make_csr(Identity.new_agent("acme"))[1]
+        token = env.issuer.issue("acme").token
+        details = await expect("UNAVAILABLE", env.client(env.tls).enroll(token, csr))
+        assert CONTROLLER_NAME in details
+
+    run(tmp_path, body, relay_cert)

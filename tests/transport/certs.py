@@ -2,10 +2,12 @@
 
 Good leaves (and expired ones) come from the project's own mini-CA,
 :class:`outrelay.pki.CA`, so the transport is tested against exactly what the
-controller issues (P-256, URI SAN ``outrelay://<tenant>/agent/<uuid>``, DNS SAN
-``localhost``, serverAuth+clientAuth). Leaves the CA refuses to make (no
-clientAuth, no URI SAN, self-signed) are built here with cryptography, each
-breaking exactly one rule.
+controller issues (P-256; an agent leaf: URI SAN
+``outrelay://<tenant>/agent/<uuid>``, clientAuth only, no DNS SAN; a relay
+leaf: serverAuth+clientAuth, DNS SAN ``localhost``). Leaves the CA refuses to
+make (no clientAuth, no URI SAN, self-signed, or the reference's blanket
+profile on any role: serverAuth+clientAuth and ``localhost``) are built here
+with cryptography by :meth:`TestCA.build`, each breaking exactly one rule.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from outrelay.identity import Role
 from outrelay.transport import (
     CRYPTO_ERROR_BASE,
     ConnectionClosed,
@@ -14,6 +16,7 @@ from outrelay.transport import (
     StreamClosedError,
     StreamDataReceived,
     StreamReset,
+    TransportConfig,
 )
 from outrelay.transport._aioquic_internals import LONE_ACK_DELAY
 
@@ -323,3 +326,90 @@ def test_peer_stream_credit_is_max_streams_and_streams_available_counts_it(pki: 
         pair.client.send(sid, b"", end_stream=True)
     pair.run(lambda: pair.server.streams_available() > 0)
     assert pair.server.streams_available() >= 1
+
+
+# -- role checks (issue 12, finding 1) --------------------------------------------
+
+RELAY_ONLY = frozenset({Role.RELAY})
+AGENT_ONLY = frozenset({Role.AGENT})
+
+
+def _refused(pair: Pair, refusing: OrpConnection) -> str:
+    """Run until both sides closed; the refusing side's (local, full) reason."""
+    pair.run(lambda: pair.client.closed and pair.server.closed)
+    events = pair.client_events if refusing is pair.client else pair.server_events
+    (closed,) = _of(events, ConnectionClosed)
+    assert closed.by_us is True
+    assert closed.error_code == CRYPTO_ERROR_BASE + 49  # access_denied
+    return closed.reason
+
+
+def test_agent_side_refuses_a_server_holding_an_agent_leaf(pki: PKI) -> None:
+    """An old-profile agent leaf (serverAuth, DNS:localhost) passes every TLS check
+    but is not a relay: refused before the client application sees anything."""
+    impostor = pki.ca.build(
+        "impostor", uri="outrelay://acme/agent/00000000-0000-0000-0000-0000000000aa"
+    )
+    server = TransportConfig(cert=impostor.cert_path, key=impostor.key_path, ca=pki.ca.cert_path)
+    pair = Pair(pki.client_config(peer_roles=RELAY_ONLY), server)
+    reason = _refused(pair, pair.client)
+    assert "expected a relay identity (outrelay://<region>/relay/<id>)" in reason
+    assert f"presented {impostor.uri} (agent role)" in reason
+    assert not _of(pair.client_events, HandshakeVerified)
+    assert not _of(pair.server_events, StreamDataReceived)
+    (server_closed,) = _of(pair.server_events, ConnectionClosed)
+    assert server_closed.error_code == CRYPTO_ERROR_BASE + 49
+
+
+def test_agent_side_accepts_a_relay_and_checks_the_pin(pki: PKI) -> None:
+    good = Pair(
+        pki.client_config(peer_roles=RELAY_ONLY, peer_uri="outrelay://eu/relay/r1"),
+        pki.server_config(),
+    )
+    good.run(lambda: _verified(good))
+    pinned = pki.client_config(peer_roles=RELAY_ONLY, peer_uri="outrelay://eu/relay/r2")
+    pair = Pair(pinned, pki.server_config())
+    reason = _refused(pair, pair.client)
+    assert reason == (
+        "server certificate refused: expected the pinned URI outrelay://eu/relay/r2; "
+        "the server presented outrelay://eu/relay/r1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "presented"),
+    [
+        ("outrelay://acme/admin/ops", "outrelay://acme/admin/ops (admin role)"),
+        ("outrelay://eu/relay/r9", "outrelay://eu/relay/r9 (relay role)"),
+        ("spiffe://acme/agent/x", "'spiffe://acme/agent/x', not an identity"),
+    ],
+)
+def test_relay_side_refuses_non_agent_clients_before_any_stream(
+    pki: PKI, uri: str, presented: str
+) -> None:
+    leaf = pki.ca.build(
+        f"client-{uri.split('/')[-1]}", uri=uri, eku=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    pair = Pair(pki.client_config(leaf), pki.server_config(peer_roles=AGENT_ONLY))
+    sent = False
+
+    def push() -> bool:  # a hostile client writes as soon as its TLS side is done
+        nonlocal sent
+        if not sent and pair.client._quic._handshake_complete:
+            pair.client._quic.send_stream_data(0, b"HELLO", end_stream=True)
+            sent = True
+        return pair.client.closed and pair.server.closed
+
+    pair.run(push)
+    assert sent
+    assert not _of(pair.server_events, HandshakeVerified)
+    assert not _of(pair.server_events, StreamDataReceived)
+    (closed,) = _of(pair.server_events, ConnectionClosed)
+    assert closed.error_code == CRYPTO_ERROR_BASE + 49
+    assert "expected an agent identity (outrelay://<tenant>/agent/<uuid>)" in closed.reason
+    assert presented in closed.reason
+
+
+def test_role_check_needs_verification() -> None:
+    with pytest.raises(ValueError, match="role check needs verify_peer"):
+        TransportConfig(cert=None, key=None, ca=None, verify_peer=False, peer_roles=RELAY_ONLY)

@@ -46,7 +46,7 @@ from typing import Any
 
 from outrelay.agent import events as ev
 from outrelay.agent.bridge import bridge, close_writer
-from outrelay.agent.config import AgentConfig, format_hostport, parse_hostport
+from outrelay.agent.config import RELAY_ROLES, AgentConfig, format_hostport, parse_hostport
 from outrelay.agent.core import AgentProtocol
 from outrelay.agent.errors import (
     AgentError,
@@ -214,6 +214,9 @@ class Agent:
             key=cfg.key,
             ca=cfg.ca,
             server_name=cfg.server_name,
+            # The relay is who its certificate says, by role (and pin), before HELLO.
+            peer_roles=RELAY_ROLES,
+            peer_uri=cfg.relay_uri,
             stream_window=cfg.window,
             connection_window=max(16 * MiB, 4 * cfg.window),
             idle_timeout=cfg.idle_timeout,

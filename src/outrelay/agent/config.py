@@ -10,9 +10,14 @@ from dataclasses import dataclass, field
 from outrelay.agent.core import HELLO_TIMEOUT, READY_TIMEOUT, REGISTER_TIMEOUT
 from outrelay.agent.stream import DEFAULT_HIGH_WATER
 from outrelay.policy.names import check_service_name
+from outrelay.identity import IdentityError, Role, parse
 from outrelay.resume import DEFAULT_MIN_RING_CAPACITY, DEFAULT_RING_CAPACITY, RESUME_WINDOW_S
 
 PathLike = str | os.PathLike[str]
+
+#: The only role an agent accepts from the server it dials: its URI SAN must be
+#: ``outrelay://<region>/relay/<id>`` (an agent's or admin's leaf is refused).
+RELAY_ROLES = frozenset({Role.RELAY})
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -89,8 +94,12 @@ class AgentConfig:
     ca: PathLike
     #: Agent URI sent in HELLO; ``None``: the certificate's first URI SAN.
     uri: str | None = None
-    #: TLS server name checked in the relay's certificate.
+    #: TLS server name checked in the relay's certificate (an extra check: the
+    #: relay's identity is its URI SAN, which must have the relay role).
     server_name: str = "localhost"
+    #: Pin: the relay's certificate URI must be exactly this relay identity
+    #: (``outrelay://<region>/relay/<id>``); ``None``: any relay of the CA.
+    relay_uri: str | None = None
     #: Per-stream window: QUIC receive window and send high-water mark (bytes).
     window: int = DEFAULT_HIGH_WATER
     #: Seconds for one relay's QUIC handshake.
@@ -133,6 +142,29 @@ class AgentConfig:
             raise ValueError("agent: max_streams_per_caller must be positive")
         if not 0 < self.ring_min <= self.ring_max:
             raise ValueError("agent: need 0 < ring_min <= ring_max")
+        if self.relay_uri is not None:
+            check_relay_uri(self.relay_uri)
+
+
+def check_relay_uri(value: str) -> str:
+    """``value`` if it is a canonical relay identity URI (the ``--relay-uri`` pin).
+
+    Raises:
+        ValueError: not an identity, not the relay role, or not canonical
+            (the pin is compared exactly with the certificate's URI).
+    """
+    try:
+        identity = parse(value)
+    except IdentityError as exc:
+        raise ValueError(f"relay URI {value!r} is not an identity: {exc}") from None
+    if identity.role is not Role.RELAY:
+        raise ValueError(
+            f"relay URI {value!r} has the {identity.role} role; "
+            "want a relay identity outrelay://<region>/relay/<id>"
+        )
+    if str(identity) != value:
+        raise ValueError(f"relay URI {value!r} is not canonical; write {str(identity)!r}")
+    return value
 
 
 def split_relays(values: list[str] | tuple[str, ...]) -> list[str]:

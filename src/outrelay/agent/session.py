@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from outrelay.agent import events as ev
+from outrelay.agent.config import RELAY_ROLES
 from outrelay.agent.core import AgentProtocol, Phase, Role
 from outrelay.agent.errors import (
     HandshakeFailed,
@@ -38,6 +39,7 @@ from outrelay.agent.errors import (
     StreamRejected,
 )
 from outrelay.agent.stream import RelayStreamTransport, open_stream_pair
+from outrelay.identity.roles import RoleRefused, require_role
 from outrelay.observe import REGISTRY, kv
 from outrelay.transport import (
     ConnectionClosed,
@@ -148,6 +150,12 @@ class Session:
         try:
             if session.closed:
                 raise HandshakeFailed(f"agent: relay {relay} closed the connection")
+            # The transport already checked the role (TransportConfig.peer_roles);
+            # checked again here so no link ever gets a HELLO from a non-relay.
+            try:
+                require_role(link.peer_uri, RELAY_ROLES, peer="server")
+            except RoleRefused as exc:
+                raise HandshakeFailed(f"agent: relay {relay} refused: {exc}") from None
             qid = link.open_stream()
             session.send(qid, proto.hello(qid, session._loop.time()))
             session._rearm()

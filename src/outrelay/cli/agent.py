@@ -51,7 +51,19 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
 @click.option("--key", type=click.Path(dir_okay=False), help="Agent private key (PEM). Required.")
 @click.option("--ca", type=click.Path(dir_okay=False), help="CA bundle (PEM). Required.")
 @click.option("--uri", default="", help="Agent URI (default: the certificate's first URI SAN).")
-@click.option("--server-name", default="localhost", show_default=True, help="Relay TLS name.")
+@click.option(
+    "--server-name",
+    default="localhost",
+    show_default=True,
+    help="Name checked in the relay's certificate, in addition to its relay role.",
+)
+@click.option(
+    "--relay-uri",
+    default="",
+    metavar="URI",
+    help="Pin: accept only the relay whose certificate URI is exactly URI "
+    "(outrelay://<region>/relay/<id>) [any relay of the CA].",
+)
 @click.option(
     "--expose",
     multiple=True,
@@ -115,6 +127,7 @@ def agent(
     ca: str | None,
     uri: str,
     server_name: str,
+    relay_uri: str,
     expose: tuple[str, ...],
     consume: tuple[str, ...],
     window: int,
@@ -139,8 +152,18 @@ def agent(
     4 ... 30 s), the registrations replayed and live streams resumed (their
     applications see a pause; a stream that cannot resume within
     --resume-window is reset).
+
+    The relay must prove it is one: its certificate's first URI SAN must be a
+    relay identity (and exactly --relay-uri if given), else the connection is
+    closed before HELLO and the reason logged.
     """
-    from outrelay.agent.config import AgentConfig, RunConfig, parse_hostport, split_relays
+    from outrelay.agent.config import (
+        AgentConfig,
+        RunConfig,
+        check_relay_uri,
+        parse_hostport,
+        split_relays,
+    )
     from outrelay.identity import IdentityError, parse
 
     missing = [flag for flag, v in (("--cert", cert), ("--key", key), ("--ca", ca)) if not v]
@@ -160,6 +183,11 @@ def agent(
             parse(uri)
         except IdentityError as exc:
             fail(f"--uri: {exc}", usage=True)
+    if relay_uri:
+        try:
+            check_relay_uri(relay_uri)
+        except ValueError as exc:
+            fail(f"--relay-uri: {exc}", usage=True)
     if debug_listen:
         try:
             parse_hostport(debug_listen)
@@ -180,6 +208,7 @@ def agent(
             ca=ca,
             uri=uri or None,
             server_name=server_name,
+            relay_uri=relay_uri or None,
             window=window,
             resume_window=resume_window,
             ring_min=ring_min,

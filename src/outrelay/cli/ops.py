@@ -99,7 +99,12 @@ def open_channel(cfg: ClientConfig) -> grpc.Channel:
         ca, key, cert = (Path(p).read_bytes() for p in (cfg.ca, cfg.key, cfg.cert))  # type: ignore[arg-type]
     except OSError as exc:
         fail(f"{exc.filename}: {exc.strerror}", usage=True)
-    return grpc.secure_channel(cfg.controller, grpc.ssl_channel_credentials(ca, key, cert))
+    from outrelay.identity.roles import CONTROLLER_NAME_OPTION
+
+    # The controller's role name is the TLS name checked, whatever address is
+    # dialled: a relay's or agent's certificate cannot pass for the controller.
+    creds = grpc.ssl_channel_credentials(ca, key, cert)
+    return grpc.secure_channel(cfg.controller, creds, options=[CONTROLLER_NAME_OPTION])
 
 
 def rpc_errors(fn: F) -> F:
@@ -112,7 +117,9 @@ def rpc_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            fail(f"{exc.code().name}: {exc.details()}")
+            from outrelay.identity.roles import explain_controller_refusal
+
+            fail(f"{exc.code().name}: {explain_controller_refusal(exc.details() or '')}")
 
     return wrapper  # type: ignore[return-value]
 

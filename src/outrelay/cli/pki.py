@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from outrelay.pki.ca import CA
 
 TOKEN_DB = "enrollment.db"
+SERVER_NAME_HELP = (
+    "Deprecated, ignored: the controller's certificate is checked for its role "
+    "name controller.outrelay.invalid whatever address is dialled."
+)
 _DURATION = re.compile(r"(\d+)(s|m|h|d)?")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -92,6 +96,17 @@ def _write_leaf(out: Path, cert: bytes, key: bytes, ca: bytes) -> None:
         _echo(f"wrote {path}")
 
 
+def _ignored_server_name(server_name: str | None) -> None:
+    """Warn that ``--server-name`` no longer changes anything."""
+    from outrelay.identity.roles import CONTROLLER_NAME
+
+    if server_name and server_name != CONTROLLER_NAME:
+        _echo(
+            f"warning: --server-name is ignored: the controller is checked by its role "
+            f"name {CONTROLLER_NAME}"
+        )
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -144,17 +159,40 @@ def init(directory: Path, force: bool) -> None:
     help="Directory to write tls.crt, tls.key and ca.crt into.",
 )
 @click.option("--ttl", type=DURATION, default="1h", show_default=True, help="Leaf lifetime.")
-@click.option("--dns", multiple=True, help="Extra DNS SAN (repeatable; localhost is always in).")
-@click.option("--ip", multiple=True, help="IP SAN (repeatable).")
+@click.option(
+    "--dns",
+    multiple=True,
+    help="DNS SAN (repeatable): relay leaves (localhost is always in) and --server-auth "
+    "agent leaves only; names under outrelay.invalid are refused.",
+)
+@click.option("--ip", multiple=True, help="IP SAN (repeatable), like --dns.")
+@click.option(
+    "--server-auth",
+    is_flag=True,
+    help="Agent leaves only: add serverAuth (and the --dns/--ip names), for an agent "
+    "that will accept peer-to-peer connections. Agents are client-only by default.",
+)
 def issue(
-    ca_dir: Path, uri: str, out: Path, ttl: dt.timedelta, dns: tuple[str, ...], ip: tuple[str, ...]
+    ca_dir: Path,
+    uri: str,
+    out: Path,
+    ttl: dt.timedelta,
+    dns: tuple[str, ...],
+    ip: tuple[str, ...],
+    server_auth: bool,
 ) -> None:
-    """Issue a leaf for an identity, generating its key locally."""
+    """Issue a leaf for an identity, generating its key locally.
+
+    The profile follows the role: a relay gets serverAuth+clientAuth and DNS
+    localhost plus --dns/--ip; an agent clientAuth only (unless
+    --server-auth); an admin clientAuth only. See docs/identity.md.
+    """
     import ipaddress
 
     from outrelay.identity import IdentityError, parse
-    from outrelay.pki.ca import cert_pem
+    from outrelay.pki.ca import cert_pem, leaf_profile
     from outrelay.pki.csr import key_pem
+    from outrelay.pki.errors import LeafProfileError
 
     try:
         identity = parse(uri)
@@ -164,8 +202,12 @@ def issue(
         ips = [ipaddress.ip_address(a) for a in ip]
     except ValueError as exc:
         fail(str(exc), usage=True)
+    try:
+        leaf_profile(identity, dns, ips, server_auth=server_auth)
+    except LeafProfileError as exc:
+        fail(str(exc), usage=True)
     ca = _load_ca(ca_dir)
-    key, cert = ca.issue(identity, ttl, dns_names=dns, ip_addresses=ips)
+    key, cert = ca.issue(identity, ttl, dns_names=dns, ip_addresses=ips, server_auth=server_auth)
     _write_leaf(out, cert_pem(cert), key_pem(key), ca.cert_pem)
     _echo(f"identity {identity} valid until {cert.not_valid_after_utc.isoformat()}")
 
@@ -185,7 +227,7 @@ def issue(
 )
 @click.option("--key", type=click.Path(path_type=Path), help="Operator key (--controller).")
 @click.option("--ca", type=click.Path(path_type=Path), help="CA certificate (--controller).")
-@click.option("--server-name", help="Name expected in the controller certificate.")
+@click.option("--server-name", help=SERVER_NAME_HELP)
 def token(
     ca_dir: Path | None,
     controller: str | None,
@@ -202,6 +244,7 @@ def token(
 
     if (ca_dir is None) == (controller is None):
         fail("give exactly one of --ca-dir and --controller", usage=True)
+    _ignored_server_name(server_name)
     if controller is not None:
         if cert is None or key is None or ca is None:
             fail("--controller needs --cert, --key and --ca (an admin identity)", usage=True)
@@ -214,7 +257,6 @@ def token(
             controller,
             _read(ca, "CA certificate"),
             client_cert=(_read(cert, "certificate"), _read(key, "key")),
-            server_name=server_name,
         )
         try:
             minted = asyncio.run(client.issue_token(tenant, agent_id, int(ttl.total_seconds())))
@@ -289,7 +331,7 @@ def dev(out: Path, tenant: str, relay_id: str, namespace: str) -> None:
     required=True,
     help="Directory to write tls.key, tls.crt and ca.crt into.",
 )
-@click.option("--server-name", help="Name expected in the controller certificate.")
+@click.option("--server-name", help=SERVER_NAME_HELP)
 def enroll(
     controller: str,
     token_text: str,
@@ -315,7 +357,8 @@ def enroll(
     from outrelay.pki.errors import PKIError
 
     key, csr = make_csr(identity)
-    client = EnrollmentClient(controller, _read(ca, "CA certificate"), server_name=server_name)
+    _ignored_server_name(server_name)
+    client = EnrollmentClient(controller, _read(ca, "CA certificate"))
     try:
         enrolled = asyncio.run(client.enroll(token_text, csr))
     except PKIError as exc:

@@ -20,7 +20,8 @@ from outrelay.cli.types import DURATION, SIZE
 @click.option(
     "--controller-server-name",
     default="",
-    help="Name expected in the controller's certificate [host of --controller].",
+    help="Ignored (a warning says so): the controller's certificate is checked for its "
+    "role name controller.outrelay.invalid.",
 )
 @click.option(
     "--insecure-controller", is_flag=True, help="Plaintext gRPC to the controller (local only)."

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from outrelay.childproc import ComponentProcess
-from outrelay.identity import parse
+from outrelay.identity import CONTROLLER_NAME_OPTION, parse
 from outrelay.pki.ca import CA, cert_pem
 from outrelay.pki.csr import key_pem
 from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
@@ -131,5 +131,5 @@ class ControllerProcess(ComponentProcess):
         self, role: str | None = "admin", *, target: str | None = None, **opts: Any
     ) -> grpc.Channel:
         """A blocking channel to the controller as ``role``."""
-        options = [(k.replace("__", "."), v) for k, v in opts.items()]
+        options = [CONTROLLER_NAME_OPTION, *((k.replace("__", "."), v) for k, v in opts.items())]
         return grpc.secure_channel(target or self.target, self.credentials(role), options=options)

@@ -1,11 +1,23 @@
 """The mini-CA: one P-256 key that signs short-lived leaves (spec §2).
 
-The CA certificate and leaf profile follow the reference field by field
-(subject ``CN=outrelay-ca``, ten-year validity, path length 0; leaves with
-serverAuth+clientAuth, exactly one URI SAN and DNS ``localhost``, back-dated
-one minute). Unlike the reference, a CA can be saved and loaded
-(``ca.crt`` 0644, ``ca.key`` PKCS#8 0600), and a leaf never outlives its CA.
-Revocation is by short lifetime only.
+The CA certificate follows the reference field by field (subject
+``CN=outrelay-ca``, ten-year validity, path length 0). Leaves carry exactly
+one URI SAN and are back-dated one minute, but their profile depends on the
+role (the reference gives every leaf serverAuth+clientAuth and DNS
+``localhost``; see ``docs/identity.md``):
+
+* agent: clientAuth only, no DNS/IP SAN (``server_auth=True`` opts in to
+  serverAuth and the given DNS/IP SANs, for an agent that will serve P2P);
+* relay: serverAuth+clientAuth, DNS ``localhost`` plus the given DNS/IP SANs;
+* admin: clientAuth only, no DNS/IP SAN;
+* controller (:meth:`CA.issue_server`): serverAuth only, no URI SAN, DNS
+  :data:`~outrelay.identity.CONTROLLER_NAME` (its role name, which no other
+  leaf may carry: names under ``outrelay.invalid`` are refused) plus
+  ``localhost`` and the given names.
+
+Unlike the reference, a CA can be saved and loaded (``ca.crt`` 0644,
+``ca.key`` PKCS#8 0600), and a leaf never outlives its CA. Revocation is by
+short lifetime only.
 """
 
 from __future__ import annotations
@@ -25,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from outrelay.identity import Identity
+from outrelay.identity import Identity, Role
+from outrelay.identity.roles import CONTROLLER_NAME, article, is_reserved_name
 from outrelay.pki.csr import key_pem, load_key, make_csr, new_key
 from outrelay.pki.errors import (
     CAError,
@@ -34,6 +47,8 @@ from outrelay.pki.errors import (
     CSRParseError,
     CSRSignatureError,
     CSRURIMismatch,
+    LeafProfileError,
+    ReservedName,
 )
 from outrelay.pki.files import ensure_dir, write_private, write_public
 
@@ -64,15 +79,59 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 def _host_sans(
     dns_names: Iterable[str], ip_addresses: Iterable[IPAddress | str]
 ) -> list[x509.GeneralName]:
-    """DNS ``localhost`` then the other names (each once), then the IP addresses.
+    """The DNS names (each once, in order), then the IP addresses.
 
-    Raises ValueError when an entry of ``ip_addresses`` is not an IP address.
+    Raises:
+        ReservedName: a DNS name is under ``outrelay.invalid`` (a role name).
+        ValueError: an entry of ``ip_addresses`` is not an IP address.
     """
-    sans: list[x509.GeneralName] = [
-        x509.DNSName(d) for d in dict.fromkeys(["localhost", *dns_names])
-    ]
+    names = list(dict.fromkeys(dns_names))
+    for name in names:
+        if is_reserved_name(name):
+            raise ReservedName(
+                f"pki: DNS name {name!r} is reserved: names under outrelay.invalid are roles "
+                f"({CONTROLLER_NAME} marks the controller's certificate only)"
+            )
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     return sans
+
+
+def leaf_profile(
+    identity: Identity,
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[IPAddress | str] = (),
+    *,
+    server_auth: bool = False,
+) -> tuple[list[x509.GeneralName], list[x509.ObjectIdentifier]]:
+    """The SANs after the URI and the extended key usages of a leaf for ``identity``.
+
+    Relay: serverAuth+clientAuth, DNS ``localhost`` then the given names.
+    Agent: clientAuth; with ``server_auth`` also serverAuth and the given names.
+    Admin: clientAuth, no names.
+
+    Raises:
+        ReservedName: a DNS name under ``outrelay.invalid``.
+        LeafProfileError: names for a leaf that may not carry them (an agent
+            without ``server_auth``, an admin), ``server_auth`` for an admin.
+        ValueError: an entry of ``ip_addresses`` is not an IP address.
+    """
+    dns, ips = list(dns_names), list(ip_addresses)
+    client, server = ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH
+    if identity.role is Role.RELAY:
+        return _host_sans(["localhost", *dns], ips), [server, client]
+    if identity.role is Role.AGENT and server_auth:
+        return _host_sans(dns, ips), [server, client]
+    _host_sans(dns, ips)  # a reserved name is named as such, whatever the role
+    if identity.role is Role.ADMIN and server_auth:
+        raise LeafProfileError(f"pki: an admin leaf ({identity}) is client-only (no serverAuth)")
+    if dns or ips:
+        hint = "" if identity.role is Role.ADMIN else " unless issued with --server-auth (P2P)"
+        raise LeafProfileError(
+            f"pki: {article(identity.role)} leaf ({identity}) is client-only and carries no "
+            f"DNS/IP SAN{hint}"
+        )
+    return [], [client]
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -277,25 +336,28 @@ class CA:
         *,
         dns_names: Iterable[str] = (),
         ip_addresses: Iterable[IPAddress | str] = (),
+        server_auth: bool = False,
         now: dt.datetime | None = None,
         backdate: dt.timedelta = BACKDATE,
     ) -> x509.Certificate:
         """Issue a leaf for ``identity`` to the key in ``csr`` (spec §2.2, §2.3).
 
         The CSR's subject and SANs other than the URI are ignored; the name
-        issued is ``identity``, decided by the caller. ``dns_names`` and
-        ``ip_addresses`` are added after ``localhost``. ``ttl`` None or <= 0
+        issued is ``identity``, decided by the caller. The usages and host
+        SANs follow the role (:func:`leaf_profile`). ``ttl`` None or <= 0
         means one hour; the leaf never outlives the CA. ``backdate`` (one
         minute, against clock skew) moves NotBefore into the past.
 
         Raises:
             CSRError: see :func:`check_csr`.
+            LeafProfileError: names or usages the role may not carry, or a
+                reserved name (:class:`ReservedName`).
             ValueError: an entry of ``ip_addresses`` is not an IP address.
         """
+        hosts, usages = leaf_profile(identity, dns_names, ip_addresses, server_auth=server_auth)
         parsed = check_csr(csr, identity)
         uri = str(identity)
-        sans = [x509.UniformResourceIdentifier(uri), *_host_sans(dns_names, ip_addresses)]
-        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        sans = [x509.UniformResourceIdentifier(uri), *hosts]
         return self._leaf(uri, parsed.public_key(), sans, usages, ttl, _now(now), backdate)
 
     def _leaf(
@@ -350,12 +412,24 @@ class CA:
         *,
         dns_names: Iterable[str] = (),
         ip_addresses: Iterable[IPAddress | str] = (),
+        server_auth: bool = False,
         now: dt.datetime | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        """Generate a key locally and issue its leaf (tooling: ``pki issue``, dev bundles)."""
+        """Generate a key locally and issue its leaf (tooling: ``pki issue``, dev bundles).
+
+        Raises:
+            LeafProfileError: see :meth:`sign`.
+        """
+        leaf_profile(identity, dns_names, ip_addresses, server_auth=server_auth)  # before keygen
         key, csr = make_csr(identity)
         cert = self.sign(
-            csr, identity, ttl, dns_names=dns_names, ip_addresses=ip_addresses, now=now
+            csr,
+            identity,
+            ttl,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+            server_auth=server_auth,
+            now=now,
         )
         return key, cert
 
@@ -368,14 +442,20 @@ class CA:
         ip_addresses: Iterable[IPAddress | str] = (),
         now: dt.datetime | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        """A server-only certificate (serverAuth, DNS ``localhost`` + extras, no URI SAN).
+        """The controller's certificate: serverAuth only, no URI SAN.
 
-        For the controller's gRPC listener: it carries no identity URI, so it
-        cannot act as an agent, relay or operator anywhere (no URI SAN means
-        :func:`~outrelay.identity.peer_identity` refuses it).
+        SANs: DNS :data:`~outrelay.identity.CONTROLLER_NAME` (the role name
+        every client of the controller checks, whatever address it dials),
+        ``localhost``, the given names, then the IP addresses. It carries no
+        identity URI, so it cannot act as an agent, relay or operator anywhere.
+
+        Raises:
+            ReservedName: another name under ``outrelay.invalid`` is asked for.
+            ValueError: an entry of ``ip_addresses`` is not an IP address.
         """
+        extra = [d for d in dns_names if d.lower().rstrip(".") != CONTROLLER_NAME]
+        sans = [x509.DNSName(CONTROLLER_NAME), *_host_sans(["localhost", *extra], ip_addresses)]
         key = new_key()
-        sans = _host_sans(dns_names, ip_addresses)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH]
         cert = self._leaf(common_name, key.public_key(), sans, usages, ttl, _now(now), BACKDATE)
         return key, cert

@@ -2,6 +2,12 @@
 
 Each call opens its own channel, so a renewal always presents the client
 certificate that is current at that moment (see :func:`grpc_renewer`).
+
+The server must be the controller: whatever address is dialled, the TLS name
+checked is the controller's role name
+(:data:`~outrelay.identity.CONTROLLER_NAME`), which only controller
+certificates carry. A relay's or agent's certificate is refused in the
+handshake, before any request is sent.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from outrelay.identity.roles import CONTROLLER_NAME_OPTION, explain_controller_refusal
 from outrelay.pki.errors import EnrollmentRPCError
 from outrelay.proto import enrollment_pb2 as pb
 from outrelay.proto import enrollment_pb2_grpc as pb_grpc
@@ -47,9 +54,8 @@ class EnrollmentClient:
     """Calls ``outrelay.control.v1.Enrollment`` at ``target`` (``host:port``).
 
     ``ca_pem`` is the trust root for the server certificate; ``client_cert``
-    (cert, key) is presented for Renew and IssueToken. ``server_name``
-    overrides the name checked in the server certificate (default: the host
-    of ``target``).
+    (cert, key) is presented for Renew and IssueToken. The server certificate
+    must carry the controller's role name, whatever ``target`` is.
     """
 
     def __init__(
@@ -58,22 +64,17 @@ class EnrollmentClient:
         ca_pem: bytes,
         *,
         client_cert: ClientCert = None,
-        server_name: str | None = None,
         timeout: float = 10.0,
     ) -> None:
         self._target = target
         self._ca_pem = ca_pem
         self._client_cert = client_cert
-        self._server_name = server_name
         self._timeout = timeout
 
     def _channel(self) -> grpc.aio.Channel:
         cert, key = self._client_cert if self._client_cert else (None, None)
         creds = grpc.ssl_channel_credentials(self._ca_pem, key, cert)
-        options = []
-        if self._server_name:
-            options.append(("grpc.ssl_target_name_override", self._server_name))
-        return grpc.aio.secure_channel(self._target, creds, options=options)
+        return grpc.aio.secure_channel(self._target, creds, options=[CONTROLLER_NAME_OPTION])
 
     async def enroll(self, token: str, csr_pem: bytes) -> Enrolled:
         """Trade a token and a CSR for a certificate.
@@ -125,14 +126,13 @@ class EnrollmentClient:
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> EnrollmentRPCError:
-    return EnrollmentRPCError(exc.code().name, exc.details() or "")
+    return EnrollmentRPCError(exc.code().name, explain_controller_refusal(exc.details() or ""))
 
 
 def grpc_renewer(
     target: str,
     credentials: Callable[[], tuple[bytes, bytes, bytes]],
     *,
-    server_name: str | None = None,
     timeout: float = 10.0,
 ) -> Callable[[bytes], Awaitable[tuple[bytes, bytes]]]:
     """A ``renew(csr_pem) -> (cert_pem, ca_pem)`` callable for the Rotator.
@@ -143,9 +143,7 @@ def grpc_renewer(
 
     async def renew(csr_pem: bytes) -> tuple[bytes, bytes]:
         cert, key, ca = credentials()
-        client = EnrollmentClient(
-            target, ca, client_cert=(cert, key), server_name=server_name, timeout=timeout
-        )
+        client = EnrollmentClient(target, ca, client_cert=(cert, key), timeout=timeout)
         return await client.renew(csr_pem)
 
     return renew

@@ -4,8 +4,11 @@ Writes a brand-new CA, a relay leaf, the provider and consumer agent leaves
 (fixed UUIDs ...0001 and ...0002), and ``secrets.yaml`` with the three
 Kubernetes Secrets of the spec (§5) plus ``outrelay-controller-tls``
 (our controller serves TLS). OutRelay adds a controller server certificate
-(no identity URI; DNS ``localhost`` and the in-cluster Service names, IP
-``127.0.0.1``) and an operator leaf ``outrelay://<tenant>/admin/admin``. Development only: it
+(no identity URI; DNS ``controller.outrelay.invalid``, its role name, then
+``localhost`` and the in-cluster Service names, IP ``127.0.0.1``) and an
+operator leaf ``outrelay://<tenant>/admin/admin``. The relay leaf names
+``localhost`` and ``127.0.0.1``; the agent and admin leaves are client-only
+with no host names. Development only: it
 overwrites files and the CA key sits next to the leaves.
 """
 
@@ -137,7 +140,11 @@ def write_dev_bundle(config: DevBundleConfig) -> DevBundle:
     }
     pems: dict[str, tuple[bytes, bytes]] = {}
     for name, stem in leaves.items():
-        pems[name] = emit(stem, *ca.issue(identities[name], DEV_LEAF_TTL))
+        # Each leaf gets its role's profile (docs/identity.md): the relay
+        # serverAuth+clientAuth with localhost and 127.0.0.1, the agents and
+        # the admin clientAuth only, without host names.
+        ips = ["127.0.0.1"] if name == "relay" else []
+        pems[name] = emit(stem, *ca.issue(identities[name], DEV_LEAF_TTL, ip_addresses=ips))
     pems["controller"] = controller_pems
     secrets = [
         ("outrelay-controller-tls", "controller"),

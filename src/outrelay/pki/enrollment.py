@@ -3,7 +3,11 @@
 * ``Enroll(token, csr_pem)``: an agent without a certificate trades a one-shot
   token and a CSR for a leaf. Server-authenticated TLS is enough.
 * ``Renew(csr_pem)``: a peer presenting its current certificate over mTLS gets
-  a new leaf for the same URI (any role; DNS/IP SANs are carried over).
+  a new leaf for the same URI (any role), with its role's profile: a relay
+  keeps its DNS/IP SANs; an agent keeps serverAuth and its names only if it
+  names a host besides ``localhost`` (an agent leaf of the old blanket profile,
+  serverAuth + ``DNS:localhost``, renews to the narrow client-only one); an
+  admin gets clientAuth only.
 * ``IssueToken(tenant, agent_id, ttl_seconds)``: an operator
   (``outrelay://<tenant>/admin/<name>`` over mTLS) mints a token for its tenant.
 
@@ -32,9 +36,11 @@ from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from outrelay.identity import Identity, IdentityError, Role, parse, peer_identity
 from outrelay.identity.peer import load_certificate
+from outrelay.identity.roles import is_reserved_name
 from outrelay.pki.ca import CA, DEFAULT_LEAF_TTL, cert_pem, check_csr, required_uris
 from outrelay.pki.errors import (
     CSRURIMismatch,
@@ -143,18 +149,16 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             CSRError: malformed CSR; CSRURIMismatch if it names another URI.
         """
         identity, cert = self._caller(peer_cert)
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns = [d for d in san.get_values_for_type(x509.DNSName) if d != "localhost"]
-            ips = [
-                ip
-                for ip in san.get_values_for_type(x509.IPAddress)
-                if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
-            ]
-        except x509.ExtensionNotFound:
-            dns, ips = [], []
+        dns, ips, server_auth = renewed_profile(identity, cert)
         # sign() applies check_csr(csr_pem, identity) first
-        new = self._ca.sign(csr_pem, identity, self._leaf_ttl, dns_names=dns, ip_addresses=ips)
+        new = self._ca.sign(
+            csr_pem,
+            identity,
+            self._leaf_ttl,
+            dns_names=dns,
+            ip_addresses=ips,
+            server_auth=server_auth,
+        )
         return Issued(cert_pem(new), self._ca.cert_pem, identity)
 
     def issue_token(
@@ -242,6 +246,42 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         return pb.IssueTokenResponse(
             token=issued.token, jti=issued.claims.jti, expires_unix=issued.claims.expires
         )
+
+
+def renewed_profile(
+    identity: Identity, cert: x509.Certificate
+) -> tuple[list[str], list[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]:
+    """``(dns_names, ip_addresses, server_auth)`` to carry from ``cert`` into its renewal.
+
+    ``localhost`` is not carried (a relay leaf gets it anyway; on an agent or
+    admin leaf it was the reference's blanket name), nor is any name under
+    ``outrelay.invalid``. An agent keeps serverAuth and its names only if it
+    had serverAuth and names some host; an admin keeps nothing.
+    """
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = [
+            d
+            for d in san.get_values_for_type(x509.DNSName)
+            if d != "localhost" and not is_reserved_name(d)
+        ]
+        ips = [
+            ip
+            for ip in san.get_values_for_type(x509.IPAddress)
+            if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        ]
+    except x509.ExtensionNotFound:
+        dns, ips = [], []
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        had_server_auth = ExtendedKeyUsageOID.SERVER_AUTH in eku
+    except x509.ExtensionNotFound:
+        had_server_auth = False
+    if identity.role is Role.RELAY:
+        return dns, ips, True
+    if identity.role is Role.AGENT and had_server_auth and (dns or ips):
+        return dns, ips, True
+    return [], [], False
 
 
 def _peer_pem(context: grpc.aio.ServicerContext) -> bytes | None:

@@ -48,6 +48,16 @@ class CSRURIMismatch(CSRError):
     grpc_status = "PERMISSION_DENIED"
 
 
+class LeafProfileError(PKIError):
+    """A leaf was asked for with names or usages its role may not carry."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class ReservedName(LeafProfileError):
+    """A DNS name under ``outrelay.invalid`` (a role name) asked for outside its role."""
+
+
 class TokenError(PKIError):
     """An enrollment token was refused."""
 

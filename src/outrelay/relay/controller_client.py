@@ -1,5 +1,10 @@
 """The relay's gRPC client of the controller (mTLS with the relay's own certificate).
 
+The controller is checked by role: the TLS name verified in its certificate
+is always :data:`~outrelay.identity.CONTROLLER_NAME`, whatever address is
+dialled, so a relay's or agent's certificate (even one for ``localhost``)
+cannot stand in for the controller.
+
 Each RPC the core asks for goes through :meth:`ControllerClient.call`, which
 turns gRPC failures into :class:`~outrelay.relay.errors.ControllerError`
 carrying the status name. Streams (``Policy.Watch``) use the stubs directly.
@@ -7,12 +12,18 @@ carrying the status name. Streams (``Policy.Watch``) use the stubs directly.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
+from outrelay.identity.roles import (
+    CONTROLLER_NAME,
+    CONTROLLER_NAME_OPTION,
+    explain_controller_refusal,
+)
 from outrelay.proto import (
     audit_pb2,
     audit_pb2_grpc,
@@ -20,6 +31,8 @@ from outrelay.proto import (
     registry_pb2_grpc,
 )
 from outrelay.relay.errors import ControllerError
+
+log = logging.getLogger("outrelay.relay")
 
 #: gRPC channel reconnect backoff, first and largest (milliseconds).
 RECONNECT_INITIAL_MS = 100
@@ -30,7 +43,7 @@ def error_of(exc: grpc.aio.AioRpcError) -> ControllerError:
     """The ControllerError for a failed RPC."""
     code = exc.code()
     status = code.name if code is not None else "UNKNOWN"
-    return ControllerError(exc.details() or status, status=status)
+    return ControllerError(explain_controller_refusal(exc.details() or status), status=status)
 
 
 class ControllerClient:
@@ -47,6 +60,9 @@ class ControllerClient:
         insecure: bool = False,
     ) -> None:
         """Build the channel (connects lazily).
+
+        ``server_name`` is ignored (with a warning): the name checked is the
+        controller's role name.
 
         Raises:
             OSError: a certificate, key or CA file cannot be read.
@@ -66,8 +82,12 @@ class ControllerClient:
                 private_key=Path(key).read_bytes(),
                 certificate_chain=Path(cert).read_bytes(),
             )
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
+            if server_name and server_name != CONTROLLER_NAME:
+                log.warning(
+                    "--controller-server-name is ignored: the controller is checked by "
+                    f"its role name {CONTROLLER_NAME}"
+                )
+            options.append(CONTROLLER_NAME_OPTION)
             self.channel = grpc.aio.secure_channel(target, creds, options=options)
         self.registry = registry_pb2_grpc.RegistryStub(self.channel)
         self.policy = policy_pb2_grpc.PolicyStub(self.channel)

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from outrelay.childproc import write_ready_file
+from outrelay.identity import Role
 from outrelay.observe import REGISTRY, DebugServer, Registry, kv, run_dumper
 from outrelay.policy import PolicyEngine
 from outrelay.proto import policy_pb2, registry_pb2
@@ -71,6 +72,11 @@ from outrelay.transport import (
 )
 
 log = logging.getLogger("outrelay.relay")
+
+#: Roles the QUIC listener accepts, checked on the verified client leaf before
+#: any stream is served (an admin's, a relay's or an unparseable URI is refused
+#: in the handshake). Relay-to-relay links will add ``Role.RELAY`` here.
+LISTENER_ROLES = frozenset({Role.AGENT})
 
 #: UpsertRelay at startup must answer within this (relay.md §1.2).
 UPSERT_TIMEOUT_S = 5.0
@@ -179,6 +185,7 @@ class Relay:
                 cert=cfg.cert,
                 key=cfg.key,
                 ca=cfg.ca,
+                peer_roles=LISTENER_ROLES,
                 stream_window=cfg.window,
                 connection_window=cfg.connection_window,
                 idle_timeout=cfg.idle_timeout,

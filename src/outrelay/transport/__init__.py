@@ -30,7 +30,13 @@ from outrelay.transport.events import (
     StreamDataReceived,
     StreamReset,
 )
-from outrelay.transport.verify import VerifiedPeer, load_ca_bundle, verify_client, verify_server
+from outrelay.transport.verify import (
+    VerifiedPeer,
+    check_role,
+    load_ca_bundle,
+    verify_client,
+    verify_server,
+)
 
 __all__ = [
     "ALPN",
@@ -55,6 +61,7 @@ __all__ = [
     "TransportConfig",
     "TransportError",
     "VerifiedPeer",
+    "check_role",
     "check_internals",
     "connect",
     "load_ca_bundle",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aioquic.quic.configuration import QuicConfiguration
+
+from outrelay.identity.uri import Role
 
 #: ALPN token of ORP v1 (wire.md §7.2).
 ALPN = "orp/1"
@@ -49,8 +52,23 @@ class TransportConfig:
     #: aioquic's own value is 128). Above the per-caller stream limits of
     #: relay and agent (256), so one caller's share leaves room for others.
     max_streams: int = 1024
+    #: Roles the peer's identity (first URI SAN of its verified leaf) must have,
+    #: checked before the application sees the connection; ``None``: no role
+    #: check (tests, benchmarks). The agent accepts relays, the relay agents.
+    peer_roles: frozenset[Role] | None = None
+    #: The exact URI the peer must present (pinning, e.g. ``--relay-uri``).
+    peer_uri: str | None = None
 
     def __post_init__(self) -> None:
+        if self.peer_roles is not None and not isinstance(self.peer_roles, frozenset):
+            roles: Iterable[Role] = self.peer_roles
+            object.__setattr__(self, "peer_roles", frozenset(roles))
+        if (self.peer_roles is not None or self.peer_uri is not None) and not self.verify_peer:
+            raise ValueError(
+                "transport: a role check needs verify_peer (an unverified URI proves nothing)"
+            )
+        if self.peer_roles is not None and not self.peer_roles:
+            raise ValueError("transport: peer_roles must name at least one role")
         if self.stream_window <= 0 or self.connection_window <= 0:
             raise ValueError("transport: windows must be positive")
         if self.idle_timeout <= 0:

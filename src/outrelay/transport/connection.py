@@ -8,7 +8,8 @@ How this works
 translates aioquic's events into ours (``events.py``):
 
 * **Verification gate.** On aioquic's ``HandshakeCompleted`` the peer's chain is
-  verified (``verify.py``). Only then is :class:`HandshakeVerified` emitted; on
+  verified (``verify.py``), then its role (``config.peer_roles`` /
+  ``config.peer_uri``). Only then is :class:`HandshakeVerified` emitted; on
   failure the connection is closed with the crypto error ``0x100 + alert`` and
   nothing about streams is ever reported. Stream events that would arrive
   before the verdict are held, then released or dropped.
@@ -42,7 +43,13 @@ from outrelay.transport.errors import (
     PeerVerificationError,
     StreamClosedError,
 )
-from outrelay.transport.verify import VerifiedPeer, load_ca_bundle, verify_client, verify_server
+from outrelay.transport.verify import (
+    VerifiedPeer,
+    check_role,
+    load_ca_bundle,
+    verify_client,
+    verify_server,
+)
 
 #: QUIC crypto errors are ``0x100 + TLS alert`` (RFC 9001 §4.8).
 CRYPTO_ERROR_BASE = 0x100
@@ -100,6 +107,8 @@ class OrpConnection:
         self._verified = False
         self._confirming: ev.HandshakeVerified | None = None  # client: verified, unconfirmed
         self._rejected = False
+        #: Why we refused the peer (the full text; the wire carries 200 bytes).
+        self._reject_reason: str | None = None
         self._closed = False
         self._close_by_us = False
         self._rx: dict[int, _Rx] = {}
@@ -371,8 +380,13 @@ class OrpConnection:
                 peer = verify_server(leaf, chain, self._ca, self.config.server_name)
             else:
                 peer = verify_client(leaf, chain, self._ca, require_uri=self.config.require_uri)
+            roles, pinned = self.config.peer_roles, self.config.peer_uri
+            if peer is not None and (roles is not None or pinned is not None):
+                side = "server" if self.is_client else "client"
+                check_role(peer, roles, pinned=pinned, side=side)
         except PeerVerificationError as exc:
             self._rejected = True
+            self._reject_reason = exc.reason
             self._held.clear()
             self._close_by_us = True
             self._quic.close(
@@ -408,10 +422,13 @@ class OrpConnection:
         self._confirming = None
         self._held.clear()
         self._tx.clear()
+        reason = event.reason_phrase
+        if self._reject_reason is not None and self._close_by_us:
+            reason = self._reject_reason
         self._events.append(
             ev.ConnectionClosed(
                 error_code=event.error_code,
-                reason=event.reason_phrase,
+                reason=reason,
                 by_us=self._close_by_us,
             )
         )

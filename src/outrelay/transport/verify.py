@@ -17,6 +17,12 @@ The client side (an agent dialling a relay) keeps aioquic's own in-handshake
 check (``cafile`` + ``server_name``, OpenSSL store, no EKU check) and adds
 :func:`verify_server` on the completed handshake, which also checks the
 ``serverAuth`` usage with the same verifier.
+
+Then, on both sides, :func:`check_role`: the verified leaf's first URI SAN
+must be an identity of an accepted role (an agent accepts only a relay, a
+relay's agent listener only agents) and, if pinned, exactly the pinned URI.
+A refusal closes the connection with the ``access_denied`` alert before the
+application sees it, so not one application byte is exchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from outrelay.identity.errors import NoPeerIdentity
 from outrelay.identity.peer import peer_uri
+from outrelay.identity.roles import RoleRefused, require_role
+from outrelay.identity.uri import Role
 from outrelay.transport.errors import CertificateRequired, PeerVerificationError
 
 #: TLS alerts used as QUIC crypto errors (``0x100 + alert``).
@@ -40,6 +48,7 @@ ALERT_BAD_CERTIFICATE = 42
 ALERT_UNSUPPORTED_CERTIFICATE = 43
 ALERT_CERTIFICATE_EXPIRED = 45
 ALERT_UNKNOWN_CA = 48
+ALERT_ACCESS_DENIED = 49
 ALERT_CERTIFICATE_REQUIRED = 116
 
 
@@ -190,3 +199,28 @@ def verify_server(
     chain = _check(verifier, leaf, intermediates, when)
     _require_usage(leaf, ExtendedKeyUsageOID.SERVER_AUTH, "server authentication")
     return VerifiedPeer(leaf=leaf, chain=tuple(chain), uri=_first_uri(leaf))
+
+
+def check_role(
+    peer: VerifiedPeer,
+    roles: Sequence[Role] | frozenset[Role] | None,
+    *,
+    pinned: str | None = None,
+    side: str = "peer",
+) -> None:
+    """Refuse a verified peer whose identity is not of an accepted role (or not ``pinned``).
+
+    ``roles`` None accepts any role (only ``pinned`` is checked); ``side``
+    names the peer in the message ("server", "client").
+
+    Raises:
+        PeerVerificationError: with ``tls_alert`` access_denied (49); the
+            reason names what was expected and what was presented.
+    """
+    accepted = list(roles) if roles is not None else list(Role)[1:]
+    try:
+        require_role(peer.uri, accepted, pinned=pinned, peer=side)
+    except RoleRefused as exc:
+        raise PeerVerificationError(
+            f"{side} certificate refused: {exc}", tls_alert=ALERT_ACCESS_DENIED
+        ) from None
