@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from aioquic.quic.configuration import QuicConfiguration
 
+from outrelay.transport.admission import check_settings
+
 #: ALPN token of ORP v1 (wire.md §7.2).
 ALPN = "orp/1"
 MiB = 1024 * 1024
@@ -45,6 +47,17 @@ class TransportConfig:
     verify_peer: bool = True
     #: Server only: refuse a client certificate without a URI SAN.
     require_uri: bool = True
+    #: Server only: when to answer an Initial with a Retry (address
+    #: validation, RFC 9000 §8.1): ``auto`` once ``retry_threshold``
+    #: handshakes are in progress, ``always`` or ``never``. See ``admission.py``.
+    retry: str = "auto"
+    #: Server only: handshakes in progress from which ``auto`` sends Retry.
+    retry_threshold: int = 64
+    #: Server only: most handshakes in progress; further Initials are dropped
+    #: (``auto``/``always``: answered with Retry unless they carry a valid token).
+    max_half_open: int = 512
+    #: Server only: seconds a Retry token stays valid.
+    retry_token_lifetime: float = 10.0
 
     def __post_init__(self) -> None:
         if self.stream_window <= 0 or self.connection_window <= 0:
@@ -53,6 +66,12 @@ class TransportConfig:
             raise ValueError("transport: idle_timeout must be positive")
         if self.keepalive < 0:
             raise ValueError("transport: keepalive must not be negative")
+        try:
+            check_settings(self.retry, self.retry_threshold, self.max_half_open)
+        except ValueError as exc:
+            raise ValueError(f"transport: {exc}") from None
+        if self.retry_token_lifetime <= 0:
+            raise ValueError("transport: retry_token_lifetime must be positive")
 
     def quic_configuration(self, *, is_client: bool) -> QuicConfiguration:
         """The aioquic configuration for one side of a connection."""

@@ -66,7 +66,9 @@ class OrpConnection:
     """A QUIC connection that verifies its peer and lets the application pace data.
 
     ``ca_certs`` overrides loading ``config.ca`` (a server passes its bundle once
-    for all connections).
+    for all connections). A server whose client came back after a Retry passes
+    the original and the Retry's connection ids (transport parameters the
+    client checks, RFC 9000 §7.3).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class OrpConnection:
         *,
         is_client: bool,
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
         ca_certs: Sequence[x509.Certificate] | None = None,
     ) -> None:
         self.config = config
@@ -83,6 +86,7 @@ class OrpConnection:
             configuration=config.quic_configuration(is_client=is_client),
             request_client_certificate=not is_client and config.verify_peer,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         if ca_certs is not None:
             self._ca = list(ca_certs)
