@@ -22,14 +22,7 @@ pytestmark = pytest.mark.dataplane
 
 
 def _meters(registry: Registry) -> AdmissionMeters:
-    return AdmissionMeters(
-        half_open=registry.gauge("quic_half_open"),
-        retries=registry.counter("quic_retries_sent"),
-        invalid_tokens=registry.counter("quic_invalid_tokens"),
-        dropped_full=registry.counter("quic_initials_dropped"),
-        accepted=registry.counter("quic_handshakes_started"),
-        connections=registry.gauge("quic_connections"),
-    )
+    return AdmissionMeters.from_registry(registry)
 
 
 class Spoofer:

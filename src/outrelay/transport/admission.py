@@ -223,6 +223,18 @@ class AdmissionMeters:
     #: Connections the endpoint holds (half-open or established).
     connections: Gauge = _NULL
 
+    @classmethod
+    def from_registry(cls, registry: Any) -> AdmissionMeters:
+        """Meters named ``quic_*`` in a metrics registry (``counter(name)``/``gauge(name)``)."""
+        return cls(
+            half_open=registry.gauge("quic_half_open"),
+            retries=registry.counter("quic_retries_sent"),
+            invalid_tokens=registry.counter("quic_invalid_tokens"),
+            dropped_full=registry.counter("quic_initials_dropped"),
+            accepted=registry.counter("quic_handshakes_started"),
+            connections=registry.gauge("quic_connections"),
+        )
+
 
 def check_settings(mode: str, retry_threshold: int, max_half_open: int) -> RetryMode:
     """Validate the three settings; the mode as :class:`RetryMode`.
