@@ -49,6 +49,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +86,13 @@ class InvalidToken(ValueError):
 
 def _address_bytes(addr: Any) -> bytes:
     """Packed IP and 2-byte port of a socket address (IPv4 or IPv6 tuple)."""
-    return ipaddress.ip_address(addr[0]).packed + struct.pack("!H", int(addr[1]))
+    host = addr[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, host)
+    except OSError:
+        packed = ipaddress.ip_address(host).packed  # scoped IPv6 ("fe80::1%eth0") and the like
+    return packed + struct.pack("!H", int(addr[1]))
 
 
 class RetryTokens:

@@ -58,6 +58,10 @@ class TransportConfig:
     max_half_open: int = 512
     #: Server only: seconds a Retry token stays valid.
     retry_token_lifetime: float = 10.0
+    #: Server only: receive buffer asked for the UDP socket (``SO_RCVBUF``; the
+    #: kernel caps it at ``net.core.rmem_max``), so a burst of handshake work
+    #: does not make the kernel drop what arrives meanwhile. 0: the default.
+    recv_buffer: int = 4 * MiB
 
     def __post_init__(self) -> None:
         if self.stream_window <= 0 or self.connection_window <= 0:
@@ -70,6 +74,8 @@ class TransportConfig:
             check_settings(self.retry, self.retry_threshold, self.max_half_open)
         except ValueError as exc:
             raise ValueError(f"transport: {exc}") from None
+        if self.recv_buffer < 0:
+            raise ValueError("transport: recv_buffer must not be negative")
         if self.retry_token_lifetime <= 0:
             raise ValueError("transport: retry_token_lifetime must be positive")
 

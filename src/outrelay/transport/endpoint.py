@@ -530,6 +530,12 @@ async def serve(
     """
     server = Server(config, handler, meters=meters)
     server.transport = await open_udp(server, local_addr=(host, port))
+    if config.recv_buffer:
+        sock = server.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.recv_buffer)
+        except OSError as exc:  # best effort: the kernel's default still works
+            log.debug("transport: SO_RCVBUF %d refused: %s", config.recv_buffer, exc)
     return server
 
 
