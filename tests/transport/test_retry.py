@@ -11,7 +11,14 @@ from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicErrorCode, QuicPacketType
 
 from outrelay.observe.metrics import Registry
-from outrelay.transport import HandshakeVerified, Server, StreamDataReceived, connect, serve
+from outrelay.transport import (
+    HandshakeError,
+    HandshakeVerified,
+    Server,
+    StreamDataReceived,
+    connect,
+    serve,
+)
 from outrelay.transport.admission import AdmissionMeters
 from outrelay.transport.testing import client_initial, feed, parse_header
 
@@ -234,6 +241,55 @@ def test_undersized_and_unknown_packets_are_dropped_without_reply(pki: PKI) -> N
             spoofer.sock.sendto(b"\xff\xff", addr)  # garbage
             assert await spoofer.replies(0.5) == []
             assert _state(server) == (0, 0, 0)
+        finally:
+            spoofer.close()
+            await _closed_server(server)
+
+    run(main())
+
+
+def test_half_open_count_returns_to_zero_after_verified_and_refused_handshakes(pki: PKI) -> None:
+    async def main() -> None:
+        registry = Registry()
+        config = pki.server_config(retry="auto", retry_threshold=1, max_half_open=2)
+        server = await serve(
+            "127.0.0.1", 0, config, _echo_handler, meters=_meters(registry)
+        )  # fmt: skip
+        try:
+            # A client refused for its certificate is counted, then settled.
+            with pytest.raises(HandshakeError):
+                await connect(
+                    "127.0.0.1", server.port, pki.bad_client_config("other_ca"), timeout=10
+                )
+            await wait_for(lambda: server.admission.half_open == 0)
+            # Sequential good clients never pass the threshold of 1: no Retry needed.
+            for _ in range(3):
+                assert await _echo_once(server.port, pki) == b"ping through a validated address"
+            await wait_for(lambda: _state(server) == (0, 0, 0))
+            assert registry.counter("quic_retries_sent").value == 0
+            assert registry.counter("quic_handshakes_started").value == 4
+            assert registry.gauge("quic_half_open").value == 0
+            assert registry.gauge("quic_connections").value == 0
+        finally:
+            await _closed_server(server)
+
+    run(main())
+
+
+def test_validated_client_gets_in_while_spoofed_handshakes_fill_the_threshold(pki: PKI) -> None:
+    async def main() -> None:
+        config = pki.server_config(retry="auto", retry_threshold=4, max_half_open=8)
+        server = await serve("127.0.0.1", 0, config, _echo_handler)
+        spoofer = Spoofer()
+        try:
+            addr = ("127.0.0.1", server.port)
+            for _ in range(40):
+                spoofer.sock.sendto(client_initial(addr)[0], addr)
+            await wait_for(lambda: server.admission.half_open == 4)
+            for _ in range(3):
+                assert await _echo_once(server.port, pki) == b"ping through a validated address"
+            # Only the spoofed half-open ones remain once the clients' connections closed.
+            await wait_for(lambda: len(server.connections) == 4)
         finally:
             spoofer.close()
             await _closed_server(server)
