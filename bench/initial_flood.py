@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count, --pps and --sockets must be positive")
 
     from outrelay.agent.testing import AgentProcess
-    from outrelay.childproc import child_env
+    from outrelay.childproc import ComponentProcess, child_env
     from outrelay.controller.testing import ControllerProcess, dev_pki
     from outrelay.relay.testing import RelayProcess
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         dev_pki(pki, tenant=TENANT)
     (work / "controller.db").unlink(missing_ok=True)  # a rerun in the same --workdir
     ctl = ControllerProcess(work, pki)
-    procs: list[object] = []
+    procs: list[ComponentProcess] = []
     rows: list[tuple[str, float, float, float, int, int, int, int, float]] = []
     try:
         ctl.start()
@@ -321,12 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"RSS before {rss_before / 2**20:.0f} MB",
                 flush=True,
             )
-            for proc in (consumer, provider, relay):
-                proc.kill()
+            for done in (consumer, provider, relay):
+                done.kill()
             procs.clear()
     finally:
         for proc in reversed(procs):
-            proc.kill()  # type: ignore[attr-defined]
+            proc.kill()
         ctl.kill()
         backend.shutdown()
         backend.server_close()

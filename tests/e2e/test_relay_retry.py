@@ -20,11 +20,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic.quic.packet import QuicPacketType
 
-from outrelay.childproc import child_env
+from outrelay.childproc import ComponentProcess, child_env
 from outrelay.relay.testing import RelayProcess
 from outrelay.transport.testing import client_initial, parse_header
 
@@ -82,10 +83,18 @@ def _get(stack: Stack) -> bytes:
         return body
 
 
-def _quic(metrics: dict[str, object], kind: str, name: str) -> int:
-    values = metrics[kind]
-    assert isinstance(values, dict)
-    return int(values.get(name, 0))
+def _quic(metrics: dict[str, Any], kind: str, name: str) -> int:
+    return int(metrics[kind].get(name, 0))
+
+
+def _metrics_when(proc: ComponentProcess, kind: str, name: str, at_least: int) -> dict[str, Any]:
+    """The process's metrics once ``name`` reached ``at_least`` (10 s deadline)."""
+
+    def check() -> dict[str, Any]:
+        metrics = debug_metrics(proc)
+        return metrics if _quic(metrics, kind, name) >= at_least else {}
+
+    return wait_for(check, 10, f"{name} >= {at_least}")
 
 
 def _send_spoofed(addr: tuple[str, int], n: int) -> list[bytes]:
@@ -94,7 +103,7 @@ def _send_spoofed(addr: tuple[str, int], n: int) -> list[bytes]:
         sock.bind(("127.0.0.1", 0))
         for _ in range(n):
             sock.sendto(client_initial(addr)[0], addr)
-        replies = []
+        replies: list[bytes] = []
         deadline = time.monotonic() + 2.0
         while len(replies) < n and (left := deadline - time.monotonic()) > 0:
             sock.settimeout(left)
@@ -124,16 +133,8 @@ def test_spoofed_initials_at_retry_always_relay_get_retry_and_leave_no_state(
     replies = _send_spoofed(stack.relay.quic, 50)
     assert len(replies) == 50
     assert {parse_header(r).packet_type for r in replies} == {QuicPacketType.RETRY}
-    after = wait_for(
-        lambda: (
-            m
-            if _quic(m := debug_metrics(stack.relay), "counters", "quic_retries_sent")  # type: ignore[arg-type]
-            >= _quic(before, "counters", "quic_retries_sent") + 50
-            else None
-        ),
-        10,
-        "50 Retry packets counted",
-    )
+    retries = _quic(before, "counters", "quic_retries_sent") + 50
+    after = _metrics_when(stack.relay, "counters", "quic_retries_sent", retries)
     for kind, name in (
         ("counters", "quic_handshakes_started"),
         ("gauges", "quic_connections"),
@@ -164,15 +165,7 @@ def test_retry_never_relay_holds_at_most_max_half_open_handshakes(stack: Stack) 
     try:
         replies = _send_spoofed(relay.quic, 12)
         assert QuicPacketType.RETRY not in {parse_header(r).packet_type for r in replies}
-        metrics = wait_for(
-            lambda: (
-                m
-                if _quic(m := debug_metrics(relay), "counters", "quic_initials_dropped") >= 8
-                else None
-            ),
-            10,
-            "8 Initials dropped past the cap",
-        )
+        metrics = _metrics_when(relay, "counters", "quic_initials_dropped", 8)
         assert _quic(metrics, "counters", "quic_initials_dropped") == 8
         assert _quic(metrics, "counters", "quic_handshakes_started") == 4
         assert _quic(metrics, "gauges", "quic_half_open") == 4
