@@ -76,6 +76,28 @@ from outrelay.cli.types import DURATION, SIZE
     "(all its connections together); more are refused at once with 503.",
 )
 @click.option(
+    "--retry",
+    type=click.Choice(["auto", "always", "never"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="QUIC Retry (address validation) for new connections: 'auto' once "
+    "--retry-threshold handshakes are in progress, 'always', or 'never'.",
+)
+@click.option(
+    "--retry-threshold",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Handshakes in progress from which --retry auto answers new Initials with Retry.",
+)
+@click.option(
+    "--max-half-open",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Most QUIC handshakes in progress; new Initials beyond are dropped (no state kept).",
+)
+@click.option(
     "--ready-file",
     default="",
     help='Write {"quic": "HOST:PORT", "debug": …, "relay_id": …} here once serving.',

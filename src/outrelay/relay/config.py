@@ -80,6 +80,13 @@ class RelayConfig:
     #: identity, over all its connections; more are refused at once with
     #: 503 ``caller stream limit reached``.
     max_streams_per_caller: int = 256
+    #: QUIC address validation (Retry): ``auto`` once ``retry_threshold``
+    #: handshakes are in progress, ``always`` or ``never`` (docs/transport.md).
+    retry: str = "auto"
+    #: Handshakes in progress from which ``retry=auto`` answers Initials with Retry.
+    retry_threshold: int = 64
+    #: Most handshakes in progress; Initials beyond are dropped without state.
+    max_half_open: int = 512
 
     @property
     def tenants(self) -> list[str]:
@@ -111,3 +118,9 @@ class RelayConfig:
             raise ConfigError("--max-streams-per-caller must be positive")
         if self.resolve_cache_ttl < 0:
             raise ConfigError("--resolve-cache-ttl must not be negative")
+        if self.retry not in ("auto", "always", "never"):
+            raise ConfigError(f"--retry: want auto, always or never, got {self.retry!r}")
+        if self.max_half_open < 1:
+            raise ConfigError("--max-half-open must be at least 1")
+        if not 0 <= self.retry_threshold <= self.max_half_open:
+            raise ConfigError("--retry-threshold must be between 0 and --max-half-open")

@@ -70,6 +70,7 @@ from outrelay.transport import (
     TransportError,
     serve,
 )
+from outrelay.transport.admission import AdmissionMeters
 
 log = logging.getLogger("outrelay.relay")
 
@@ -190,13 +191,18 @@ class Relay:
                 connection_window=cfg.connection_window,
                 idle_timeout=cfg.idle_timeout,
                 keepalive=cfg.keepalive,
+                retry=cfg.retry.lower(),
+                retry_threshold=cfg.retry_threshold,
+                max_half_open=cfg.max_half_open,
             )
             tconf.quic_configuration(is_client=False)  # loads cert and key: fail early
         except (OSError, ValueError, TransportError) as exc:
             raise ConfigError(f"credentials: {exc}") from None
         host, port = split_hostport(cfg.listen, "listen")
         try:
-            self._server = await serve(host, port, tconf, self._on_link)
+            self._server = await serve(
+                host, port, tconf, self._on_link, meters=AdmissionMeters.from_registry(self.metrics)
+            )
         except (OSError, TransportError, ValueError) as exc:
             raise StartError(f"listen {cfg.listen}: {exc}") from None
         bound_host, bound_port = self._server.address

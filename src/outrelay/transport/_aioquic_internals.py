@@ -44,6 +44,13 @@ aioquic has no public API for three things OutRelay needs (see
    aioquic's 1 ms, so bulk transfer is acknowledged exactly as before. A
    reply or the next request carries the ACK instead of a datagram of its
    own (see 4.).
+6. **Stateless replies for address validation** (``admission.py``). The
+   Retry packet (RFC 9000 §17.2.5, integrity tag of RFC 9001 §5.8) comes
+   from aioquic's ``encode_quic_retry``; the INVALID_TOKEN close of an
+   attempt we keep no state for is one server Initial packet protected with
+   the Initial keys of the client's destination connection id, built with
+   aioquic's ``CryptoPair`` and ``QuicPacketBuilder``
+   (:func:`encode_invalid_token_close`).
 
 :func:`check_internals` asserts that all of this is still where we expect it
 on the installed aioquic; ``tests/transport/test_aioquic_internals.py`` runs
@@ -59,8 +66,16 @@ import aioquic
 from aioquic import tls
 from aioquic.quic import recovery as quic_recovery
 from aioquic.quic import stream as quic_stream
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import TRANSPORT_CLOSE_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
+    QuicPacketType,
+    encode_quic_retry,
+)
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from cryptography import x509
 
 #: The aioquic versions this module was tested against (pip specifier).
@@ -270,6 +285,51 @@ class FlowControlledConnection(QuicConnection):
         return stream is not None and stream.sender._reset_error_code is not None
 
 
+# -- stateless replies (address validation) -------------------------------
+
+
+def encode_retry(
+    *, version: int, client_scid: bytes, client_dcid: bytes, retry_scid: bytes, token: bytes
+) -> bytes:
+    """A Retry packet answering an Initial (``client_dcid`` is its original DCID).
+
+    The client must send its next Initial to ``retry_scid``, carrying ``token``.
+    """
+    return encode_quic_retry(
+        version=version,
+        source_cid=retry_scid,
+        destination_cid=client_scid,
+        original_destination_cid=client_dcid,
+        retry_token=token,
+    )
+
+
+def encode_invalid_token_close(*, version: int, client_scid: bytes, client_dcid: bytes) -> bytes:
+    """A server Initial closing the attempt with INVALID_TOKEN (RFC 9000 §8.1.3).
+
+    Protected with the Initial keys derived from ``client_dcid``, as the
+    client expects before any connection state exists on our side.
+    """
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_dcid, is_client=False, version=version)
+    builder = QuicPacketBuilder(
+        host_cid=client_dcid,
+        peer_cid=client_scid,
+        version=version,
+        is_client=False,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(
+        QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY
+    )
+    buf.push_uint_var(QuicErrorCode.INVALID_TOKEN)
+    buf.push_uint_var(QuicFrameType.PADDING)  # the frame type that caused it: none
+    buf.push_uint_var(0)  # no reason phrase
+    datagrams, _ = builder.flush()
+    return bytes(datagrams[0])
+
+
 # -- the tripwire --------------------------------------------------------
 
 #: (owner, attribute, what we need it to be) for names used above.
@@ -294,6 +354,32 @@ _METHODS: list[tuple[str, list[str]]] = [
     ("receive_datagram", ["data", "addr", "now"]),
     ("_write_stream_limits", ["builder", "space", "stream"]),
     ("_write_connection_limits", ["builder", "space"]),
+]
+
+#: Keyword parameters of aioquic functions and constructors we call by name.
+_KEYWORDS: list[tuple[str, Any, list[str]]] = [
+    (
+        "QuicConnection",
+        QuicConnection.__init__,
+        ["original_destination_connection_id", "retry_source_connection_id"],
+    ),
+    (
+        "encode_quic_retry",
+        encode_quic_retry,
+        [
+            "version",
+            "source_cid",
+            "destination_cid",
+            "original_destination_cid",
+            "retry_token",
+        ],
+    ),
+    ("CryptoPair.setup_initial", CryptoPair.setup_initial, ["cid", "is_client", "version"]),
+    (
+        "QuicPacketBuilder",
+        QuicPacketBuilder.__init__,
+        ["host_cid", "peer_cid", "version", "is_client", "max_datagram_size"],
+    ),
 ]
 
 #: Source fragments of the heuristics we neutralise: if these change, the
@@ -358,6 +444,11 @@ def check_internals() -> None:
         got = list(inspect.signature(method).parameters)[1:]
         if got != params:
             problems.append(f"QuicConnection.{name}{tuple(got)} != expected {tuple(params)}")
+    for label, func, keywords in _KEYWORDS:
+        accepted = inspect.signature(func).parameters
+        for keyword in keywords:
+            if keyword not in accepted:
+                problems.append(f"{label} no longer takes {keyword}=")
     for name, fragment in _SOURCE_FRAGMENTS:
         try:
             source = inspect.getsource(getattr(QuicConnection, name))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aioquic.quic.configuration import QuicConfiguration
 
 from outrelay.identity.uri import Role
+from outrelay.transport.admission import check_settings
 
 #: ALPN token of ORP v1 (wire.md §7.2).
 ALPN = "orp/1"
@@ -58,6 +59,21 @@ class TransportConfig:
     peer_roles: frozenset[Role] | None = None
     #: The exact URI the peer must present (pinning, e.g. ``--relay-uri``).
     peer_uri: str | None = None
+    #: Server only: when to answer an Initial with a Retry (address
+    #: validation, RFC 9000 §8.1): ``auto`` once ``retry_threshold``
+    #: handshakes are in progress, ``always`` or ``never``. See ``admission.py``.
+    retry: str = "auto"
+    #: Server only: handshakes in progress from which ``auto`` sends Retry.
+    retry_threshold: int = 64
+    #: Server only: most handshakes in progress; further Initials are dropped
+    #: (``auto``/``always``: answered with Retry unless they carry a valid token).
+    max_half_open: int = 512
+    #: Server only: seconds a Retry token stays valid.
+    retry_token_lifetime: float = 10.0
+    #: Server only: receive buffer asked for the UDP socket (``SO_RCVBUF``; the
+    #: kernel caps it at ``net.core.rmem_max``), so a burst of handshake work
+    #: does not make the kernel drop what arrives meanwhile. 0: the default.
+    recv_buffer: int = 4 * MiB
 
     def __post_init__(self) -> None:
         if self.peer_roles is not None and not isinstance(self.peer_roles, frozenset):
@@ -77,6 +93,14 @@ class TransportConfig:
             raise ValueError("transport: keepalive must not be negative")
         if self.max_streams <= 0:
             raise ValueError("transport: max_streams must be positive")
+        try:
+            check_settings(self.retry, self.retry_threshold, self.max_half_open)
+        except ValueError as exc:
+            raise ValueError(f"transport: {exc}") from None
+        if self.recv_buffer < 0:
+            raise ValueError("transport: recv_buffer must not be negative")
+        if self.retry_token_lifetime <= 0:
+            raise ValueError("transport: retry_token_lifetime must be positive")
 
     def quic_configuration(self, *, is_client: bool) -> QuicConfiguration:
         """The aioquic configuration for one side of a connection."""

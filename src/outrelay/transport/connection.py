@@ -73,7 +73,9 @@ class OrpConnection:
     """A QUIC connection that verifies its peer and lets the application pace data.
 
     ``ca_certs`` overrides loading ``config.ca`` (a server passes its bundle once
-    for all connections).
+    for all connections). A server whose client came back after a Retry passes
+    the original and the Retry's connection ids (transport parameters the
+    client checks, RFC 9000 §7.3).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class OrpConnection:
         *,
         is_client: bool,
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
         ca_certs: Sequence[x509.Certificate] | None = None,
     ) -> None:
         self.config = config
@@ -91,6 +94,7 @@ class OrpConnection:
             request_client_certificate=not is_client and config.verify_peer,
             max_streams=config.max_streams,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         if ca_certs is not None:
             self._ca = list(ca_certs)

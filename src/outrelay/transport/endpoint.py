@@ -22,12 +22,21 @@ from typing import cast
 
 from aioquic.buffer import Buffer
 from aioquic.quic.packet import (
+    QuicHeader,
     QuicPacketType,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
 
 from outrelay.transport import events as ev
+from outrelay.transport._aioquic_internals import encode_invalid_token_close, encode_retry
+from outrelay.transport.admission import (
+    Admission,
+    AdmissionMeters,
+    Decision,
+    RetryTokens,
+    Verdict,
+)
 from outrelay.transport.config import TransportConfig
 from outrelay.transport.connection import NetworkAddress, OrpConnection
 from outrelay.transport.errors import ConnectionClosedError, HandshakeError
@@ -38,6 +47,11 @@ log = logging.getLogger("outrelay.transport")
 
 #: A client's first datagram must be at least this large (RFC 9000 §14.1).
 _MIN_INITIAL_SIZE = 1200
+#: A client's first Initial carries a destination connection id at least this
+#: long (RFC 9000 §7.2); after a Retry it is ours, which is that long too.
+_MIN_INITIAL_DCID = 8
+#: Seconds between two "under load" log lines.
+_LOAD_LOG_INTERVAL = 10.0
 
 EventHandler = Callable[["Link", ev.Event], None]
 
@@ -64,6 +78,8 @@ class Link:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._cids: set[bytes] = set()
+        #: Server side: counted as a handshake in progress by the admission policy.
+        self._half_open = False
 
     # -- identity ---------------------------------------------------------
 
@@ -284,15 +300,36 @@ class _Driver:
 
 
 class Server(_Driver):
-    """A listening QUIC endpoint; ``handler(link)`` runs once per verified peer."""
+    """A listening QUIC endpoint; ``handler(link)`` runs once per verified peer.
 
-    def __init__(self, config: TransportConfig, handler: Callable[[Link], None]) -> None:
+    An Initial that matches no connection goes through :attr:`admission`
+    (``admission.py``) before any state is created for it: it is accepted,
+    answered with a Retry or an INVALID_TOKEN close (stateless), or dropped.
+    """
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        handler: Callable[[Link], None],
+        *,
+        meters: AdmissionMeters | None = None,
+    ) -> None:
         super().__init__(config)
         self._handler = handler
         self._ca = load_ca_bundle(config.ca) if config.verify_peer and config.ca else None
         self._quic_config = config.quic_configuration(is_client=False)
+        self.meters = meters or AdmissionMeters()
+        #: The address-validation policy: Retry mode and the half-open count.
+        self.admission = Admission(
+            config.retry,
+            retry_threshold=config.retry_threshold,
+            max_half_open=config.max_half_open,
+            tokens=RetryTokens(lifetime=config.retry_token_lifetime),
+            meters=self.meters,
+        )
         #: Every connection not yet closed, verified or not.
         self.connections: set[Link] = set()
+        self._load_logged_at: float | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -316,38 +353,108 @@ class Server(_Driver):
             return
         link = self.links.get(header.destination_cid)
         if link is None:
-            if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
+            link = self._new_link(data, addr, header)
+            if link is None:
                 return
-            if (
-                header.version is not None
-                and header.version not in self._quic_config.supported_versions
-            ):
-                assert self.transport is not None
-                self.transport.sendto(
-                    encode_quic_version_negotiation(
-                        source_cid=header.destination_cid,
-                        destination_cid=header.source_cid,
-                        supported_versions=self._quic_config.supported_versions,
-                    ),
-                    addr,
-                )
-                return
-            if header.packet_type != QuicPacketType.INITIAL or len(data) < _MIN_INITIAL_SIZE:
-                return
-            conn = OrpConnection(
-                self.config,
-                is_client=False,
-                original_destination_connection_id=header.destination_cid,
-                ca_certs=self._ca,
-            )
-            link = Link(conn, self, addr)
-            self.route(header.destination_cid, link)
-            self.route(conn.host_cid, link)
-            self.connections.add(link)
         link.conn.receive_datagram(data, addr, self.loop.time())
         link._dispatch()
 
+    def _new_link(self, data: bytes, addr: NetworkAddress, header: QuicHeader) -> Link | None:
+        """A connection for a datagram that matches none, or ``None`` (answered or dropped).
+
+        Cheap rejects first: anything but a full-size client Initial of a
+        supported version costs a dictionary lookup and a header parse.
+        """
+        if len(data) < _MIN_INITIAL_SIZE or header.version is None:
+            return None  # RFC 9000 §5.2.2 / §14.1: too small to start anything
+        if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
+            return None
+        if header.version not in self._quic_config.supported_versions:
+            assert self.transport is not None
+            self.transport.sendto(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=self._quic_config.supported_versions,
+                ),
+                addr,
+            )
+            return None
+        if (
+            header.packet_type != QuicPacketType.INITIAL
+            or len(header.destination_cid) < _MIN_INITIAL_DCID
+        ):
+            return None
+        now = self.loop.time()
+        decision = self.admission.initial(
+            version=header.version,
+            addr=addr,
+            dcid=header.destination_cid,
+            token=header.token,
+            now=now,
+        )
+        if decision.verdict is not Verdict.ACCEPT:
+            self._stateless_reply(decision, header, addr, now)
+            return None
+        conn = OrpConnection(
+            self.config,
+            is_client=False,
+            original_destination_connection_id=decision.original_dcid,
+            retry_source_connection_id=decision.retry_scid,
+            ca_certs=self._ca,
+        )
+        link = Link(conn, self, addr)
+        link._half_open = True
+        self.admission.opened()
+        self.route(header.destination_cid, link)
+        self.route(conn.host_cid, link)
+        self.connections.add(link)
+        self.meters.connections.set(len(self.connections))
+        return link
+
+    def _stateless_reply(
+        self, decision: Decision, header: QuicHeader, addr: NetworkAddress, now: float
+    ) -> None:
+        """Carry out a RETRY or INVALID_TOKEN verdict; a DROP sends nothing."""
+        assert header.version is not None and self.transport is not None
+        if decision.verdict is Verdict.RETRY:
+            assert decision.retry_scid is not None
+            self.transport.sendto(
+                encode_retry(
+                    version=header.version,
+                    client_scid=header.source_cid,
+                    client_dcid=header.destination_cid,
+                    retry_scid=decision.retry_scid,
+                    token=decision.token,
+                ),
+                addr,
+            )
+            if self.admission.under_load and (
+                self._load_logged_at is None or now - self._load_logged_at >= _LOAD_LOG_INTERVAL
+            ):
+                self._load_logged_at = now
+                log.warning(
+                    "transport: %d handshakes in progress: answering new Initials with Retry",
+                    self.admission.half_open,
+                )
+        elif decision.verdict is Verdict.INVALID_TOKEN:
+            log.debug("transport: Initial from %s refused: %s", addr, decision.reason)
+            self.transport.sendto(
+                encode_invalid_token_close(
+                    version=header.version,
+                    client_scid=header.source_cid,
+                    client_dcid=header.destination_cid,
+                ),
+                addr,
+            )
+
+    def _settle(self, link: Link) -> None:
+        if link._half_open:
+            link._half_open = False
+            self.admission.settled()
+
     def verified(self, link: Link) -> None:
+        self._settle(link)
         try:
             self._handler(link)
         except Exception:
@@ -356,7 +463,9 @@ class Server(_Driver):
 
     def forget(self, link: Link) -> None:
         super().forget(link)
+        self._settle(link)
         self.connections.discard(link)
+        self.meters.connections.set(len(self.connections))
 
     def close(self) -> None:
         """Close every connection (CONNECTION_CLOSE sent) and then the socket."""
@@ -404,20 +513,33 @@ class _Client(_Driver):
 
 
 async def serve(
-    host: str, port: int, config: TransportConfig, handler: Callable[[Link], None]
+    host: str,
+    port: int,
+    config: TransportConfig,
+    handler: Callable[[Link], None],
+    *,
+    meters: AdmissionMeters | None = None,
 ) -> Server:
     """Listen for QUIC connections on ``host:port`` (port 0: ephemeral).
 
     ``handler(link)`` is called once per connection whose peer passed
     verification, before any of its stream events; it usually sets
-    ``link.on_event``. Unverified peers never reach it.
+    ``link.on_event``. Unverified peers never reach it. New Initials go
+    through the address-validation policy of ``config`` (``retry``,
+    ``retry_threshold``, ``max_half_open``); ``meters`` receive its counts.
 
     Raises:
         ValueError: the configuration lacks a certificate or CA.
         OSError: the address cannot be bound.
     """
-    server = Server(config, handler)
+    server = Server(config, handler, meters=meters)
     server.transport = await open_udp(server, local_addr=(host, port))
+    if config.recv_buffer:
+        sock = server.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.recv_buffer)
+        except OSError as exc:  # best effort: the kernel's default still works
+            log.debug("transport: SO_RCVBUF %d refused: %s", config.recv_buffer, exc)
     return server
 
 
