@@ -240,3 +240,15 @@ def test_enroll_and_remote_token(
 
 def test_unused_helpers_are_importable() -> None:
     assert cert_pem and key_pem
+
+
+def test_dev_refuses_to_overwrite_an_existing_ca_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    assert invoke("pki", "dev", "--out", str(out)).exit_code == 0
+    key = (out / "ca.key").read_bytes()
+    result = invoke("pki", "dev", "--out", str(out))
+    one_line_usage_error(result, "--force")
+    assert result.stderr.count("\n") == 1 and str(out / "ca.key") in result.stderr
+    assert (out / "ca.key").read_bytes() == key, "the CA key was replaced"
+    assert invoke("pki", "dev", "--out", str(out), "--force").exit_code == 0
+    assert (out / "ca.key").read_bytes() != key

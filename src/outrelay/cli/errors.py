@@ -52,19 +52,27 @@ def fail(message: str, *, usage: bool = False) -> NoReturn:
 
 
 @contextlib.contextmanager
-def exit_codes(prefix: str = "") -> Iterator[None]:
+def exit_codes(
+    prefix: str = "",
+    *,
+    usage: tuple[type[BaseException], ...] = (),
+    runtime: tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
     """Map errors raised inside to one-line click errors with the rule's exit code.
 
-    ``InputError`` -> 2; any other ``OutRelayError`` -> 1; an ``OSError``
-    (an I/O failure at run time) -> 1 with ``prefix`` before its message.
+    ``InputError`` and the classes in ``usage`` -> 2; any other
+    ``OutRelayError``, the classes in ``runtime`` and ``OSError`` (an I/O
+    failure at run time, ``prefix`` before its message) -> 1. ``usage`` and
+    ``runtime`` name a component's own error classes that are not
+    ``OutRelayError`` s.
     """
     try:
         yield
     except click.ClickException:
         raise
-    except InputError as exc:
+    except (InputError, *usage) as exc:  # type: ignore[misc]
         raise UsageFailure(str(exc)) from None
-    except OutRelayError as exc:
+    except (OutRelayError, *runtime) as exc:  # type: ignore[misc]
         raise RuntimeFailure(str(exc)) from None
     except OSError as exc:
         raise RuntimeFailure(f"{prefix}{exc.strerror or exc}") from None
