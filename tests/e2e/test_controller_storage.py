@@ -187,6 +187,10 @@ def test_backup_refuses_an_existing_target_without_force(
         (["--cert", "missing.crt"], "--cert missing.crt: No such file or directory"),
         (["--ca-key", "missing.key"], "--ca-key missing.key: No such file or directory"),
         (["--db", "no/such/dir/c.db"], "--db no/such/dir/c.db: no such directory"),
+        (
+            ["--ready-file", "no/dir/ready.json"],
+            "--ready-file no/dir/ready.json: no such directory",
+        ),
     ],
 )
 def test_bad_flag_exits_2_and_creates_no_database(

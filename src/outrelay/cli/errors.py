@@ -75,7 +75,8 @@ def exit_codes(
     except (OutRelayError, *runtime) as exc:  # type: ignore[misc]
         raise RuntimeFailure(str(exc)) from None
     except OSError as exc:
-        raise RuntimeFailure(f"{prefix}{exc.strerror or exc}") from None
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise RuntimeFailure(f"{prefix}{where}{exc.strerror or exc}") from None
 
 
 def check_hostport(flag: str, value: str) -> tuple[str, int]:

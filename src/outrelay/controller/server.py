@@ -124,8 +124,9 @@ class Checked:
 def check(config: ControllerConfig) -> Checked:
     """Validate every setting before anything is opened, created or bound.
 
-    Addresses, durations, the TLS files (read and parsed), the CA key and the
-    database's directory. Raises ConfigError naming the flag.
+    Addresses, durations, the TLS files (read and parsed), the CA key, the
+    database's directory and those of the files we write. Raises ConfigError
+    naming the flag.
     """
     try:
         config.check()
@@ -134,6 +135,12 @@ def check(config: ControllerConfig) -> Checked:
     tls = None if config.insecure else _Tls.read(config)
     ca = _load_ca(config, tls)
     _check_db_path(config.db)
+    for flag, path in (
+        ("--ready-file", config.ready_file),
+        ("--metrics-dump", config.metrics_dump),
+    ):
+        if path and not Path(path).parent.is_dir():
+            raise ConfigError(f"{flag} {path}: no such directory {Path(path).parent}")
     return Checked(tls, ca)
 
 
