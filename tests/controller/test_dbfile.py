@@ -13,7 +13,7 @@ from outrelay.errors import InputError
 from outrelay.policy import Rule, Verdict
 
 
-def filled(path: Path, rules: int = 200) -> Path:
+def filled(path: Path, rules: int = 50) -> Path:
     """A store with ``rules`` policy rules, closed; bigger than 12 KiB."""
     store = Store(str(path))
     try:
@@ -75,7 +75,7 @@ def test_backup_copies_every_rule_into_one_self_contained_file(tmp_path: Path) -
     assert not list(tmp_path.glob("copy.db*-*")), "no temporary or -wal/-journal file left"
     restored = Store(str(copy))
     try:
-        assert len(restored.list_policies("acme")) == 200
+        assert len(restored.list_policies("acme")) == 50
         assert restored.integrity_check() == "ok"
     finally:
         restored.close()
