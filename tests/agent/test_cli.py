@@ -33,9 +33,9 @@ def test_bad_uri_exit_2() -> None:
     assert code == 2 and "--uri" in out
 
 
-def test_unreadable_files_exit_1() -> None:
+def test_unreadable_files_exit_2() -> None:
     code, out = invoke("--cert", "c", "--key", "k", "--ca", "a")
-    assert code == 1 and "cannot read c" in out
+    assert code == 2 and out == "Error: --cert c: No such file or directory\n"
 
 
 def test_no_relay_answers_exit_1(dev_pki: DevPKI) -> None:

@@ -295,3 +295,15 @@ def test_issue_refuses_the_controller_role_name(tmp_path: Path, uri: str, name: 
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.stderr  # click's usage header, then one error line
     assert not (tmp_path / "x").exists()
+
+
+def test_dev_refuses_to_overwrite_an_existing_ca_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "dev"
+    assert invoke("pki", "dev", "--out", str(out)).exit_code == 0
+    key = (out / "ca.key").read_bytes()
+    result = invoke("pki", "dev", "--out", str(out))
+    one_line_usage_error(result, "--force")
+    assert result.stderr.count("\n") == 1 and str(out / "ca.key") in result.stderr
+    assert (out / "ca.key").read_bytes() == key, "the CA key was replaced"
+    assert invoke("pki", "dev", "--out", str(out), "--force").exit_code == 0
+    assert (out / "ca.key").read_bytes() != key

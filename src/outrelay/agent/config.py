@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from outrelay.agent.core import HELLO_TIMEOUT, READY_TIMEOUT, REGISTER_TIMEOUT
 from outrelay.agent.stream import DEFAULT_HIGH_WATER
-from outrelay.policy.names import check_service_name
 from outrelay.identity import IdentityError, Role, parse
+from outrelay.policy.names import check_service_name
 from outrelay.resume import DEFAULT_MIN_RING_CAPACITY, DEFAULT_RING_CAPACITY, RESUME_WINDOW_S
 
 PathLike = str | os.PathLike[str]

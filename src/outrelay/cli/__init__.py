@@ -5,19 +5,28 @@ Subcommands live in their own modules and are imported only when used, so
 another's start-up. Every option also reads an ``OUTRELAY_<CMD>_<OPTION>``
 environment variable (click's ``auto_envvar_prefix``).
 
-Exit codes: 0 success, 1 a server or runtime error, 2 a usage error. Errors
-are one line on stderr, never a traceback for a user mistake.
+Exit codes (one rule, applied by ``outrelay.cli.errors``): 0 success; 2 a
+usage error (bad flag value, missing or unreadable file, malformed
+HOST:PORT or spec); 1 a runtime failure (cannot bind, controller refused,
+corrupt database). Errors are one line on stderr (``Error: …``), never a
+traceback for a user mistake. gRPC's own C-core log lines are silenced
+unless ``--log-level debug``.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from outrelay import __version__
+from outrelay.cli.errors import RuntimeFailure, UsageFailure, exit_codes, fail
+from outrelay.observe.log import grpc_core_logging
+
+__all__ = ["COMMANDS", "RuntimeFailure", "UsageFailure", "cli", "exit_codes", "fail", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,23 +44,6 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class UsageFailure(click.UsageError):
-    """A user mistake found after parsing (bad file, bad value): exit code 2."""
-
-
-class RuntimeFailure(click.ClickException):
-    """The command could not do its job (server error, I/O): exit code 1."""
-
-    exit_code = 1
-
-
-def fail(message: str, *, usage: bool = False) -> NoReturn:
-    """Stop the command with a one-line error (exit 2 if ``usage`` else 1)."""
-    if usage:
-        raise UsageFailure(message)
-    raise RuntimeFailure(message)
-
-
 def log_options(fn: F) -> F:
     """Add ``--log-format`` and ``--log-level``, shared by the long-running commands."""
     fn = click.option(
@@ -59,14 +51,58 @@ def log_options(fn: F) -> F:
         type=click.Choice(["debug", "info", "warn", "error"], case_sensitive=False),
         default="info",
         show_default=True,
+        callback=_grpc_logging,
+        help="debug also shows gRPC's C-core log lines (GRPC_VERBOSITY, GRPC_TRACE).",
     )(fn)
     return click.option(
         "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
     )(fn)
 
 
+def _grpc_logging(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # runs while parsing, before the command imports grpc
+    grpc_core_logging(debug=value.lower() == "debug")
+    return value
+
+
+def _one_line(exc: click.ClickException) -> str:
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+    """A group whose subcommands are imported on first use; errors on one line.
+
+    In standalone mode (the ``outrelay`` script, CliRunner) every click
+    error is printed as one line ``Error: …`` on stderr with its exit code
+    (2 usage, 1 runtime; see ``outrelay.cli.errors``) instead of click's
+    usage block. gRPC's C-core logging is silenced before any command runs
+    (``--log-level debug`` turns it back on).
+    """
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        grpc_core_logging(debug=False)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -91,6 +127,15 @@ def cli() -> None:
     Agents dial out to a relay over mTLS QUIC; the relay splices consumer and
     provider streams after the controller's policy allows them. Run each
     component, manage policy, query audit and issue identities from here.
+
+    \b
+    Exit codes (every command):
+      0  success
+      2  usage: bad flag value, missing or unreadable file, malformed
+         HOST:PORT or spec
+      1  runtime: cannot bind, controller refused or unreachable, corrupt
+         database
+    Errors are one line on stderr: "Error: ...".
     """
 
 

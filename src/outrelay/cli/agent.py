@@ -1,19 +1,21 @@
 """``outrelay agent``: run an agent (thin over :class:`outrelay.agent.RunConfig`).
 
-Exit codes: 0 after SIGINT/SIGTERM, 1 when no relay answers or a REGISTER is
-not acknowledged at startup (or a listener cannot be bound), 2 for usage
-errors (missing --cert/--key/--ca, a bad NAME=HOST:PORT, a bad --uri).
+Exit codes (``outrelay.cli.errors``): 0 after SIGINT/SIGTERM, 1 when no
+relay answers or a REGISTER is not acknowledged at startup (or a listener
+cannot be bound), 2 for usage errors (missing or unreadable
+--cert/--key/--ca, a bad NAME=HOST:PORT, a bad --uri or --relay).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 from typing import TYPE_CHECKING
 
 import click
 
-from outrelay.cli import fail, log_options
+from outrelay.cli import exit_codes, fail, log_options
+from outrelay.cli.errors import check_tls_files
 from outrelay.cli.types import DURATION, SIZE
 
 if TYPE_CHECKING:
@@ -197,9 +199,7 @@ def agent(
         fail("--ring-min must not exceed --ring-max", usage=True)
     expose_maps = _mappings(expose, "--expose")
     consume_maps = _mappings(consume, "--consume")
-    for path in (cert, key, ca):
-        if not os.path.isfile(path):
-            fail(f"cannot read {path}: no such file")
+    check_tls_files(cert, key, ca)
     config = RunConfig(
         agent=AgentConfig(
             relays=tuple(relay_list),
@@ -224,15 +224,8 @@ def agent(
         log_level=log_level.lower(),
     )
     from outrelay.agent.runner import run
-    from outrelay.errors import OutRelayError
     from outrelay.observe import setup_logging
 
     setup_logging(config.log_level, config.log_format)
-    try:
+    with exit_codes("agent: ", runtime=(ValueError,)), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(config))
-    except KeyboardInterrupt:
-        pass
-    except OutRelayError as exc:  # IdentityError and AgentError included
-        fail(str(exc))
-    except (OSError, ValueError) as exc:
-        fail(f"agent: {exc}")

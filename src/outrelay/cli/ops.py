@@ -21,12 +21,12 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from outrelay.cli import F, fail
+from outrelay.cli import F, exit_codes, fail
+from outrelay.cli.errors import check_hostport
 from outrelay.cli.types import DURATION
 
 if TYPE_CHECKING:
@@ -87,24 +87,25 @@ def _client(kwargs: dict[str, Any]) -> ClientConfig:
 
 
 def open_channel(cfg: ClientConfig) -> grpc.Channel:
-    """A channel to the controller; exits 2 if certificate files are missing."""
+    """A channel to the controller; exits 2 for a malformed --controller or bad TLS files."""
     import grpc  # here, not at the top: ``outrelay --help`` needs none of it
 
+    from outrelay.tlsfiles import read_tls_files
+
+    check_hostport("--controller", cfg.controller)
     if cfg.insecure:
         return grpc.insecure_channel(cfg.controller)
     missing = [f"--{n}" for n in ("cert", "key", "ca") if not getattr(cfg, n)]
     if missing:
         fail(f"{', '.join(missing)} required (or --insecure)", usage=True)
-    try:
-        ca, key, cert = (Path(p).read_bytes() for p in (cfg.ca, cfg.key, cfg.cert))  # type: ignore[arg-type]
-    except OSError as exc:
-        fail(f"{exc.filename}: {exc.strerror}", usage=True)
+    with exit_codes():
+        tls = read_tls_files(cfg.cert, cfg.key, cfg.ca)
     from outrelay.identity.roles import CONTROLLER_NAME_OPTION
 
     # The controller's role name is the TLS name checked, whatever address is
     # dialled: a relay's or agent's certificate cannot pass for the controller.
-    creds = grpc.ssl_channel_credentials(ca, key, cert)
-    return grpc.secure_channel(cfg.controller, creds, options=[CONTROLLER_NAME_OPTION])
+    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    return grpc.secure_channel(cfg.controller, credentials, options=[CONTROLLER_NAME_OPTION])
 
 
 def rpc_errors(fn: F) -> F:

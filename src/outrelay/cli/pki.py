@@ -23,6 +23,7 @@ import click
 
 from outrelay import __version__
 from outrelay.cli import fail
+from outrelay.cli.errors import check_hostport
 
 # The identity and pki packages (cryptography, jwt, apsw) and asyncio are
 # imported inside the commands: ``outrelay --help`` needs none of them.
@@ -246,6 +247,7 @@ def token(
         fail("give exactly one of --ca-dir and --controller", usage=True)
     _ignored_server_name(server_name)
     if controller is not None:
+        check_hostport("--controller", controller)
         if cert is None or key is None or ca is None:
             fail("--controller needs --cert, --key and --ca (an admin identity)", usage=True)
         import asyncio
@@ -297,10 +299,21 @@ def token(
     show_default=True,
     help="Namespace of the Secrets in secrets.yaml.",
 )
-def dev(out: Path, tenant: str, relay_id: str, namespace: str) -> None:
-    """Write a development bundle: CA, controller, relay, agents, admin, secrets.yaml."""
+@click.option("--force", is_flag=True, help="Replace an existing CA (ca.key) in --out.")
+def dev(out: Path, tenant: str, relay_id: str, namespace: str, force: bool) -> None:
+    """Write a development bundle: CA, controller, relay, agents, admin, secrets.yaml.
+
+    Refuses to replace an existing --out/ca.key unless --force is given.
+    """
     from outrelay.identity import IdentityError
     from outrelay.pki.devbundle import DevBundleConfig, write_dev_bundle
+
+    if (out / "ca.key").exists() and not force:
+        fail(
+            f"{out / 'ca.key'} exists; use --force to replace the CA "
+            "(every leaf it issued becomes invalid)",
+            usage=True,
+        )
 
     try:
         bundle = write_dev_bundle(DevBundleConfig(out, tenant, relay_id, namespace))
@@ -356,6 +369,7 @@ def enroll(
     from outrelay.pki.csr import key_pem, make_csr
     from outrelay.pki.errors import PKIError
 
+    check_hostport("--controller", controller)
     key, csr = make_csr(identity)
     _ignored_server_name(server_name)
     client = EnrollmentClient(controller, _read(ca, "CA certificate"))

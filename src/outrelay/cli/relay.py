@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from outrelay.cli import fail, log_options
+from outrelay.cli import exit_codes, log_options
+from outrelay.cli.errors import check_tls_files
 from outrelay.cli.types import DURATION, SIZE
 
 
@@ -108,20 +109,16 @@ def relay(**options: object) -> None:
     Needs --cert, --key and --ca; talks to the controller at --controller over
     mTLS with the same certificate. Stops gracefully on SIGINT/SIGTERM.
     """
-    from outrelay.errors import OutRelayError
     from outrelay.observe import setup_logging
     from outrelay.relay.config import ConfigError, RelayConfig
     from outrelay.relay.server import StartError, run
+    from outrelay.tlsfiles import read_file
 
     config = RelayConfig(**options)  # type: ignore[arg-type]
-    try:
+    with exit_codes(usage=(ConfigError,), runtime=(StartError,)):
         config.check()
-    except ConfigError as exc:
-        fail(str(exc), usage=True)
-    setup_logging(config.log_level, config.log_format)
-    try:
+        check_tls_files(config.cert, config.key, config.ca)
+        if config.controller_ca:
+            read_file(config.controller_ca, "--controller-ca")
+        setup_logging(config.log_level, config.log_format)
         run(config)
-    except ConfigError as exc:
-        fail(str(exc), usage=True)
-    except (StartError, OutRelayError) as exc:
-        fail(str(exc))

@@ -31,6 +31,19 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def check_hostport(flag: str, value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` (port 0..65535) -> (host, port).
+
+    Raises ValueError naming ``flag``.
+    """
+    host, sep, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or " " in host:
+        raise ValueError(f"{flag}: want HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     """Everything ``run`` needs; defaults match the CLI's."""
@@ -66,3 +79,25 @@ class ControllerConfig:
     shutdown_grace: float = 5.0
     #: write ``{"grpc": …, "debug": …, "enroll": …}`` here once serving
     ready_file: str = ""
+
+    def check(self) -> None:
+        """Validate the values that need no file or network (addresses, durations).
+
+        Raises ValueError naming the flag.
+        """
+        check_hostport("--listen", self.listen)
+        if self.enroll_listen:
+            check_hostport("--enroll-listen", self.enroll_listen)
+        if self.debug_listen:
+            check_hostport("--debug-listen", self.debug_listen)
+        if not self.db:
+            raise ValueError("--db is required")
+        for flag, value in (
+            ("--metrics-interval", self.metrics_interval),
+            ("--relay-heartbeat", self.relay_heartbeat),
+            ("--watch-queue", self.watch_queue),
+        ):
+            if value <= 0:
+                raise ValueError(f"{flag} must be positive")
+        if self.audit_retention < 0 or self.shutdown_grace < 0:
+            raise ValueError("--audit-retention and --shutdown-grace must not be negative")

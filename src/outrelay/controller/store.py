@@ -4,7 +4,9 @@ One APSW connection to one SQLite file in WAL mode, with a busy timeout,
 foreign keys on and ``synchronous=FULL`` so an acknowledged write survives
 a crash. Every write runs in ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back
 on any exception). The schema is created and upgraded by the forward
-migrations of ``outrelay.controller.schema``.
+migrations of ``outrelay.controller.schema``. Opening runs ``PRAGMA
+quick_check`` first (``dbfile.quick_check``): a corrupt file is refused with
+``CorruptStoreError`` instead of served.
 
 Methods are blocking; the gRPC services call them on one dedicated worker
 thread so the event loop never waits on the disk.
@@ -12,6 +14,7 @@ thread so the event loop never waits on the disk.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 import time
@@ -24,6 +27,7 @@ import apsw
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from outrelay.controller.config import DEFAULT_PATH
+from outrelay.controller.dbfile import quick_check
 from outrelay.controller.schema import MIGRATIONS
 from outrelay.errors import OutRelayError
 from outrelay.pki.store import ApswTokenStore
@@ -52,6 +56,17 @@ def _verdict_of_text(text: str) -> Verdict:
 
 class StoreError(OutRelayError):
     """The database refused an operation or could not be opened."""
+
+
+class CorruptStoreError(StoreError):
+    """The database file failed its integrity check (or is not SQLite at all)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"store: {path} is corrupt ({problem}); restore it from a backup "
+            "('outrelay controller backup', see docs/controller.md) or move it away "
+            "to start with an empty database"
+        )
 
 
 class DuplicateRuleError(StoreError):
@@ -167,6 +182,7 @@ class Store:
         try:
             self._db = apsw.Connection(path)
             self._db.setbusytimeout(BUSY_TIMEOUT_MS)
+            self._verify()
             self._pragma("journal_mode", "WAL")
             self._pragma("synchronous", "FULL")
             self._pragma("foreign_keys", "ON")
@@ -176,10 +192,21 @@ class Store:
             self._tokens = ApswTokenStore(
                 self._db, clock=lambda: self._clock() // 1000, create_schema=False
             )
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            with contextlib.suppress(Exception):  # AttributeError: never opened
+                self._db.close()
+            raise CorruptStoreError(path, str(exc)) from None
         except apsw.Error as exc:
             raise StoreError(f"store: open {path}: {exc}") from exc
 
     # -- plumbing ---------------------------------------------------------
+
+    def _verify(self) -> None:
+        """Refuse a corrupt file (``PRAGMA quick_check``) before anything writes to it."""
+        problems = quick_check(self._db)
+        if problems:
+            self._db.close()
+            raise CorruptStoreError(self.path, "quick_check: " + "; ".join(problems))
 
     def _pragma(self, name: str, value: str) -> None:
         self._db.execute(f"PRAGMA {name}={value}").fetchall()

@@ -4,6 +4,8 @@ Attach fields to a record with ``extra=kv(tenant=..., rule_id=...)``. Text
 lines look like ``time=… level=INFO msg="rule added" tenant=acme``; JSON
 lines are ``{"time":…,"level":"INFO","msg":"rule added","tenant":"acme"}``
 (the reference's slog handlers). Level names: debug, info, warn, error.
+
+``grpc_core_logging`` keeps gRPC's C-core lines off stderr unless debug.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -104,3 +107,33 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS[level.lower()])
+
+
+#: the environment's GRPC_VERBOSITY / GRPC_TRACE before we changed them
+_GRPC_ENV: dict[str, str | None] | None = None
+
+
+def grpc_core_logging(*, debug: bool) -> None:
+    """Silence gRPC's C-core log lines (``E1202 … add_port.cc] …``) unless ``debug``.
+
+    gRPC reads ``GRPC_VERBOSITY`` and ``GRPC_TRACE`` once, when it is first
+    imported, so this must run before that (the CLI calls it while parsing
+    its options). Not debug: ``GRPC_VERBOSITY=NONE`` and ``GRPC_TRACE=''``;
+    debug: the environment's own values are put back. Our own errors already
+    say what went wrong in one line. Does nothing once grpc is imported.
+    """
+    global _GRPC_ENV
+    if "grpc" in sys.modules:
+        return
+    names = ("GRPC_VERBOSITY", "GRPC_TRACE")
+    if _GRPC_ENV is None:
+        _GRPC_ENV = {name: os.environ.get(name) for name in names}
+    if debug:
+        for name, value in _GRPC_ENV.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    else:
+        os.environ["GRPC_VERBOSITY"] = "NONE"
+        os.environ["GRPC_TRACE"] = ""
