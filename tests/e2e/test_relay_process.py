@@ -35,7 +35,7 @@ def _relay(ctl: ControllerProcess, *args: str, controller: str | None = None) ->
 
 
 def test_no_policy_splice_then_sigterm_deregisters(ctl: ControllerProcess) -> None:  # A1
-    relay = _relay(ctl, "--relay-id", "r1")
+    relay = _relay(ctl, "--no-policy")
     pki = ctl.pki
     try:
         relay.start()
@@ -58,7 +58,7 @@ def test_no_policy_splice_then_sigterm_deregisters(ctl: ControllerProcess) -> No
 
 
 def test_sigterm_deregisters_connected_agents(ctl: ControllerProcess) -> None:
-    relay = _relay(ctl, "--relay-id", "r1")
+    relay = _relay(ctl, "--no-policy")
     pki = ctl.pki
     reg = rg.RegistryStub(ctl.channel("admin"))
     req = rp.ResolveRequest(tenant="acme", service_name="svc-stop")
