@@ -259,6 +259,19 @@ def test_start_waits_for_a_relay_that_comes_up_later(
     assert "connection refused" in line and line.endswith("retry in 1s")
 
 
+def test_stop_ends_a_start_still_waiting_for_a_relay(dev_pki: DevPKI) -> None:
+    async def main() -> None:
+        port = free_port(socket.SOCK_DGRAM)
+        agent = Agent(dev_pki.agent_config("consumer", [f"127.0.0.1:{port}"]))
+        starting = asyncio.ensure_future(agent.start())
+        await wait_for(lambda: agent.last_error is not None)
+        await agent.stop()
+        with pytest.raises(NotConnected, match="stopped while waiting"):
+            await asyncio.wait_for(starting, 5)
+
+    run(main())
+
+
 def test_reconnect_replays_register(dev_pki: DevPKI) -> None:
     async def main() -> None:
         relay = FakeRelay(dev_pki.relay_config())

@@ -148,6 +148,8 @@ class Agent:
         self._supervisor: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
+        #: set by stop(): ends a start() or reconnect pause at once
+        self._stop_requested = asyncio.Event()
         self._transport_config: TransportConfig | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Resume bookkeeping: established resumable streams by ORP stream id,
@@ -198,9 +200,10 @@ class Agent:
         """Connect to the first relay that answers and REGISTER every service.
 
         Waits, retrying with the reconnect backoff, until one does (cancel
-        the call to give up), unless ``config.exit_on_failure``.
+        the call or :meth:`stop` to give up), unless ``config.exit_on_failure``.
 
         Raises:
+            NotConnected: :meth:`stop` was called while waiting.
             ConnectFailed: ``exit_on_failure`` and the first attempt found no
                 relay that completed the handshake and registrations.
             IdentityError: the agent URI is not a valid OutRelay identity.
@@ -226,6 +229,8 @@ class Agent:
         self._transport_config.quic_configuration(is_client=True)  # fail early on bad files
         self._loop = asyncio.get_running_loop()
         self._started = True
+        self._stopping = False
+        self._stop_requested.clear()
         try:
             session = await self._connect(
                 Backoff(cap=cfg.max_backoff), "agent: waiting for a relay", cfg.exit_on_failure
@@ -237,8 +242,12 @@ class Agent:
         self._supervisor = asyncio.create_task(self._supervise(), name="outrelay-agent-supervisor")
 
     async def stop(self) -> None:
-        """Close the session, stop reconnecting and cancel running stream handlers."""
+        """Close the session, stop reconnecting and cancel running stream handlers.
+
+        A :meth:`start` still waiting for a relay raises NotConnected.
+        """
         self._stopping = True
+        self._stop_requested.set()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -562,11 +571,16 @@ class Agent:
 
         Raises:
             ConnectFailed: ``give_up`` and the first round failed.
+            NotConnected: :meth:`stop` was called meanwhile.
         """
         while True:
             delay = backoff.next_delay()
             if delay:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop_requested.wait()
+            if self._stopping:
+                raise NotConnected("agent: stopped while waiting for a relay")
             try:
                 return await dial_first(self.config.relays, self._establish)
             except ConnectFailed as exc:
@@ -592,7 +606,10 @@ class Agent:
             )
             if self._stopping:
                 break
-            new = await self._connect(backoff, "agent: reconnect failed", False)
+            try:
+                new = await self._connect(backoff, "agent: reconnect failed", False)
+            except NotConnected:  # stop() was called
+                break
             _reconnects.inc()
             backoff.reset()
             self._set_session(new)

@@ -152,9 +152,9 @@ class Relay:
         self._splice_meters = SpliceMeters(metrics)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        #: the controller answers (False from the first unreachable failure
-        #: until the next success)
-        self.controller_up = True
+        #: the controller answers (False until the first UpsertRelay answered,
+        #: and from the first unreachable failure until the next success)
+        self.controller_up = False
         self._controller_wake = asyncio.Event()
         self.m_controller_up = metrics.gauge("controller_up")
         self.m_controller_up.set(0)  # 1 from the first UpsertRelay answered
