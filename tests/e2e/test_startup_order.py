@@ -274,6 +274,7 @@ def test_relay_started_before_the_controller_waits_then_serves(
         relay.wait_ready(30)
         assert "controller reachable" in relay.log()
         assert _http(debug, "/readyz")[0] == 200
+        assert _gauge(debug, "outrelay_connections_refused_not_ready_total") >= 2
         provider = _agent(
             tmp_path, pki, "provider", relay_port, "--expose", f"svc-echo={echo_backend}"
         )

@@ -161,6 +161,7 @@ class Relay:
         #: 1: the policies of --tenant are enforced; 0: --no-policy
         self.m_policy_enforced = metrics.gauge("relay_policy_enforced")
         self.m_policy_enforced.set(1 if self.engine is not None else 0)
+        self.m_not_ready = metrics.counter("connections_refused_not_ready")
         self.m_outages = metrics.counter("controller_outages")
         self.m_watch_subs = metrics.counter("policy_watch_subscriptions")
 
@@ -341,6 +342,7 @@ class Relay:
         if not self.ready:
             # No stream before the controller and the policy snapshot: the
             # agent learns why and retries with its backoff.
+            self.m_not_ready.inc()
             link.close(0, NOT_READY)
             return
         conn = self._next_conn
