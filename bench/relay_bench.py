@@ -5,8 +5,8 @@
 
 What runs (all processes, loopback only, everything killed by PID at the end):
 
-* **ours**: ``outrelay controller``, ``outrelay relay`` (defaults: no
-  ``--tenant``, so no policy), a provider process holding ``--providers``
+* **ours**: ``outrelay controller``, ``outrelay relay`` (``--no-policy``
+  unless a ``--relay-arg --tenant=...`` is given), a provider process holding ``--providers``
   agent connections that HELLO and REGISTER service ``echo``, and a client
   process holding ``--clients`` agent connections that HELLO and then
   OPEN_STREAM ``echo`` (a random non-zero ORP stream id, like an agent).
@@ -532,12 +532,13 @@ def run_system(
     if system == "ours":
         ready = work / "relay-ready.json"
         ready.unlink(missing_ok=True)
+        tenant = any(a.startswith("--tenant") for a in args.relay_arg)
         cmd = [
             sys.executable, "-m", "outrelay", "relay", "--listen", "127.0.0.1:0",
             "--debug-listen", "", "--cert", str(pki / "relay-r1.crt"),
             "--key", str(pki / "relay-r1.key"), "--ca", str(pki / "ca.crt"),
-            "--controller", controller, "--relay-id", "r1", "--ready-file", str(ready),
-            *args.relay_arg,
+            "--controller", controller, "--ready-file", str(ready),
+            *([] if tenant else ["--no-policy"]), *args.relay_arg,
         ]  # fmt: skip
         server = procs.start(cmd, work / "relay.log", env=env, cwd=work)
         deadline = time.monotonic() + 30

@@ -38,9 +38,10 @@ def test_unreadable_files_exit_2() -> None:
     assert code == 2 and out == "Error: --cert c: No such file or directory\n"
 
 
-def test_no_relay_answers_exit_1(dev_pki: DevPKI) -> None:
+def test_no_relay_answers_exit_1_with_exit_on_failure(dev_pki: DevPKI) -> None:
     d = dev_pki.dir
     code, out = invoke(
+        "--exit-on-failure",
         "--relay", "127.0.0.1:9",
         "--cert", str(d / "agent-consumer.crt"),
         "--key", str(d / "agent-consumer.key"),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -19,6 +20,7 @@ from outrelay.agent import (
     RegisterFailed,
     StreamRejected,
 )
+from outrelay.agent.testing import free_port
 from outrelay.errors import OutRelayError
 
 from .conftest import DevPKI
@@ -218,12 +220,54 @@ def test_start_fails_over_to_second_relay_and_fails_when_none(dev_pki: DevPKI) -
             await relay.close()
         with socket_closed_port() as dead:
             lonely = Agent(
-                dev_pki.agent_config("consumer", [f"127.0.0.1:{dead}"], connect_timeout=0.5)
+                dev_pki.agent_config(
+                    "consumer", [f"127.0.0.1:{dead}"], connect_timeout=0.5, exit_on_failure=True
+                )
             )
             with pytest.raises(ConnectFailed):
                 await lonely.start()
         with pytest.raises(NotConnected):
             await lonely.open_connection("x")
+
+    run(main())
+
+
+def test_start_waits_for_a_relay_that_comes_up_later(
+    dev_pki: DevPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without exit_on_failure, start() retries with the backoff until a relay answers."""
+
+    async def main() -> None:
+        port = free_port(socket.SOCK_DGRAM)
+        agent = Agent(dev_pki.agent_config("consumer", [f"127.0.0.1:{port}"], max_backoff=1.0))
+        starting = asyncio.ensure_future(agent.start())
+        relay = FakeRelay(dev_pki.relay_config())
+        try:
+            await wait_for(lambda: "agent: waiting for a relay" in caplog.text)
+            assert not starting.done()
+            await relay.start(port)
+            await asyncio.wait_for(starting, 10)
+            assert agent.connected and agent.relay == relay.address
+        finally:
+            starting.cancel()
+            await agent.stop()
+            await relay.close()
+
+    with caplog.at_level("WARNING", logger="outrelay.agent"):
+        run(main())
+    line = next(r.getMessage() for r in caplog.records if "waiting for a relay" in r.getMessage())
+    assert "connection refused" in line and line.endswith("retry in 1s")
+
+
+def test_stop_ends_a_start_still_waiting_for_a_relay(dev_pki: DevPKI) -> None:
+    async def main() -> None:
+        port = free_port(socket.SOCK_DGRAM)
+        agent = Agent(dev_pki.agent_config("consumer", [f"127.0.0.1:{port}"]))
+        starting = asyncio.ensure_future(agent.start())
+        await wait_for(lambda: agent.last_error is not None)
+        await agent.stop()
+        with pytest.raises(NotConnected, match="stopped while waiting"):
+            await asyncio.wait_for(starting, 5)
 
     run(main())
 

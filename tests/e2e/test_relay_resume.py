@@ -27,7 +27,7 @@ def _relay(ctl: ControllerProcess, name: str, *args: str) -> RelayProcess:
         key=pki / "relay-r1.key",
         ca=pki / "ca.crt",
         controller=ctl.target,
-        args=["--relay-id", "r1", *args],
+        args=["--no-policy", *args],
         name=f"{name}-{time.monotonic_ns()}",
     )
 

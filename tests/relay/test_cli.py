@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
 from outrelay.cli import cli
 from outrelay.cli.relay import SIZE
-from outrelay.relay.config import ConfigError, RelayConfig
+from outrelay.relay.config import NO_TENANT, ConfigError, RelayConfig, certificate_relay_id
 
 
 @pytest.mark.parametrize(
@@ -40,7 +42,8 @@ def test_config_tenants_and_checks() -> None:
         RelayConfig(cert="c", key="k", ca="a", listen="nope").check()
     with pytest.raises(ConfigError):
         RelayConfig(cert="c", key="k", ca="a", window=2 << 20, connection_window=1 << 20).check()
-    RelayConfig(cert="c", key="k", ca="a").check()
+    RelayConfig(cert="c", key="k", ca="a", tenant="acme").check()
+    RelayConfig(cert="c", key="k", ca="a", no_policy=True).check()
 
 
 def test_max_streams_per_caller_option_env_and_bad_value() -> None:
@@ -52,4 +55,31 @@ def test_max_streams_per_caller_option_env_and_bad_value() -> None:
     assert result.exit_code == 2 and "--max-streams-per-caller" in result.output
     assert RelayConfig().max_streams_per_caller == 256
     with pytest.raises(ConfigError):
-        RelayConfig(cert="c", key="k", ca="a", max_streams_per_caller=0).check()
+        RelayConfig(cert="c", key="k", ca="a", tenant="acme", max_streams_per_caller=0).check()
+
+
+def test_no_tenant_refused_unless_no_policy() -> None:
+    """Today's mistake: a relay without --tenant silently enforced nothing. Now: exit 2."""
+    result = CliRunner().invoke(cli, ["relay", "--cert", "c", "--key", "k", "--ca", "a"], env={})
+    assert result.exit_code == 2
+    assert NO_TENANT in result.output and "Traceback" not in result.output
+    both = ["relay", "--cert", "c", "--key", "k", "--ca", "a", "--tenant", "acme", "--no-policy"]
+    result = CliRunner().invoke(cli, both, env={})
+    assert result.exit_code == 2 and "exclude each other" in result.output
+    with pytest.raises(ConfigError, match="--no-policy"):
+        RelayConfig(cert="c", key="k", ca="a").check()
+
+
+def test_relay_id_comes_from_the_certificate(dev_bundle: Path) -> None:
+    def config(**kw: str) -> RelayConfig:
+        return RelayConfig(cert=str(dev_bundle / "relay-r1.crt"), key="k", ca="a", **kw)
+
+    assert certificate_relay_id(config()) == "r1"  # outrelay://acme/relay/r1
+    assert certificate_relay_id(config(relay_id="r1")) == "r1"
+    with pytest.raises(ConfigError, match="differs from the certificate's relay id 'r1'"):
+        certificate_relay_id(config(relay_id="127.0.0.1:7443"))
+    agent = RelayConfig(cert=str(dev_bundle / "agent-provider.crt"), key="k", ca="a")
+    with pytest.raises(ConfigError, match="not a relay"):
+        certificate_relay_id(agent)
+    with pytest.raises(ConfigError, match="credentials: cannot read"):
+        certificate_relay_id(RelayConfig(cert=str(dev_bundle / "nope.crt")))

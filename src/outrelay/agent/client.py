@@ -11,10 +11,12 @@
     await agent.stop()
 
 One relay session at a time: :meth:`Agent.start` dials the relays in order
-and keeps the first that completes HELLO / HELLO_ACK and every REGISTER. A
-supervisor task then waits for the session to end and reconnects with
-backoff (0, 1, 2, 4 ... 30 s), replaying REGISTER for every service, until
-:meth:`Agent.stop`.
+and keeps the first that completes HELLO / HELLO_ACK and every REGISTER;
+while none does it retries with the reconnect backoff (0, 1, 2, 4 ... 30 s),
+one WARN line per attempt (``exit_on_failure``: raise ConnectFailed at the
+first failure instead). A supervisor task then waits for the session to end
+and reconnects with the same backoff, replaying REGISTER for every service,
+until :meth:`Agent.stop`.
 
 Resume (agent.md §4, §7, §8): the agent owns every established stream
 across sessions. While bytes flow it sends STREAM_CHECKPOINT for each stream
@@ -150,6 +152,8 @@ class Agent:
         self._supervisor: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
+        #: set by stop(): ends a start() or reconnect pause at once
+        self._stop_requested = asyncio.Event()
         self._transport_config: TransportConfig | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Resume bookkeeping: established resumable streams by ORP stream id,
@@ -158,6 +162,8 @@ class Agent:
         self._lost: dict[RelayStreamTransport, asyncio.TimerHandle] = {}
         self._ring_reported: dict[RelayStreamTransport, int] = {}
         self._checkpoint_timer: asyncio.TimerHandle | None = None
+        #: Why there is no session (the last failed attempt or the loss), or None.
+        self.last_error: str | None = None
 
     # -- properties -------------------------------------------------------
 
@@ -197,8 +203,13 @@ class Agent:
     async def start(self) -> None:
         """Connect to the first relay that answers and REGISTER every service.
 
+        Waits, retrying with the reconnect backoff, until one does (cancel
+        the call or :meth:`stop` to give up), unless ``config.exit_on_failure``.
+
         Raises:
-            ConnectFailed: no relay completed the handshake and registrations.
+            NotConnected: :meth:`stop` was called while waiting.
+            ConnectFailed: ``exit_on_failure`` and the first attempt found no
+                relay that completed the handshake and registrations.
             IdentityError: the agent URI is not a valid OutRelay identity.
             OSError, ValueError: the TLS material cannot be read.
         """
@@ -225,8 +236,12 @@ class Agent:
         self._transport_config.quic_configuration(is_client=True)  # fail early on bad files
         self._loop = asyncio.get_running_loop()
         self._started = True
+        self._stopping = False
+        self._stop_requested.clear()
         try:
-            session = await dial_first(cfg.relays, self._establish)
+            session = await self._connect(
+                Backoff(cap=cfg.max_backoff), "agent: waiting for a relay", cfg.exit_on_failure
+            )
         except BaseException:
             self._started = False
             raise
@@ -234,8 +249,12 @@ class Agent:
         self._supervisor = asyncio.create_task(self._supervise(), name="outrelay-agent-supervisor")
 
     async def stop(self) -> None:
-        """Close the session, stop reconnecting and cancel running stream handlers."""
+        """Close the session, stop reconnecting and cancel running stream handlers.
+
+        A :meth:`start` still waiting for a relay raises NotConnected.
+        """
         self._stopping = True
+        self._stop_requested.set()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -397,6 +416,7 @@ class Agent:
 
     def _set_session(self, session: Session) -> None:
         self._session = session
+        self.last_error = None
         self._up.set()
         _session_up.set(1)
         log.info(
@@ -554,6 +574,33 @@ class Agent:
         if before:
             _ring_bytes.set(_ring_bytes.value - before)
 
+    async def _connect(self, backoff: Backoff, waiting: str, give_up: bool) -> Session:
+        """Dial the relays until one session is up, pausing per ``backoff``.
+
+        Each failed round logs ``<waiting>: <why>; retry in <n>s``.
+
+        Raises:
+            ConnectFailed: ``give_up`` and the first round failed.
+            NotConnected: :meth:`stop` was called meanwhile.
+        """
+        while True:
+            delay = backoff.next_delay()
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop_requested.wait()
+            if self._stopping:
+                raise NotConnected("agent: stopped while waiting for a relay")
+            try:
+                return await dial_first(self.config.relays, self._establish)
+            except ConnectFailed as exc:
+                if give_up:
+                    raise
+                why = str(exc).removeprefix("agent: ")
+                self.last_error = why
+                retry = backoff.upcoming
+                log.warning(f"{waiting}: {why}; retry in {retry:g}s", extra=kv(retry_in=retry))
+
     async def _supervise(self) -> None:
         backoff = Backoff(cap=self.config.max_backoff)
         while not self._stopping:
@@ -561,26 +608,21 @@ class Agent:
             assert session is not None
             reason = await session.wait_closed()
             self._session = None
+            self.last_error = f"session lost: {reason}"
             self._up.clear()
             _session_up.set(0)
             log.warning(
                 "agent: session lost; reconnecting", extra=kv(relay=session.relay, reason=reason)
             )
-            while not self._stopping:
-                delay = backoff.next_delay()
-                if delay:
-                    await asyncio.sleep(delay)
-                try:
-                    new = await dial_first(self.config.relays, self._establish)
-                except ConnectFailed as exc:
-                    log.warning(
-                        "agent: reconnect failed", extra=kv(err=str(exc), retry_in=backoff._next)
-                    )
-                    continue
-                _reconnects.inc()
-                backoff.reset()
-                self._set_session(new)
+            if self._stopping:
                 break
+            try:
+                new = await self._connect(backoff, "agent: reconnect failed", False)
+            except NotConnected:  # stop() was called
+                break
+            _reconnects.inc()
+            backoff.reset()
+            self._set_session(new)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)

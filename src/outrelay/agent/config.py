@@ -114,6 +114,10 @@ class AgentConfig:
     dial_timeout: float = 10.0
     #: Longest pause between reconnect attempts (seconds).
     max_backoff: float = 30.0
+    #: :meth:`Agent.start` raises ConnectFailed when the first attempt finds no
+    #: relay (the reference's behaviour) instead of retrying with the backoff.
+    #: Only the start is concerned: a lost session is always retried.
+    exit_on_failure: bool = False
     #: QUIC idle timeout and keepalive (seconds).
     idle_timeout: float = 10.0
     keepalive: float = 3.0

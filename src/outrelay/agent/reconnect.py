@@ -1,7 +1,9 @@
 """Choosing a relay and retrying: the backoff schedule and the first-that-answers dial.
 
 The schedule is the reference's (agent.md §7.1, B36): the first attempt at
-once, then 1, 2, 4, 8, 16 s and 30 s from then on. Relays are tried one
+once, then 1, 2, 4, 8, 16 s and 30 s from then on. We use it at start-up
+too (the reference exits when no relay answers at start; ``exit_on_failure``
+keeps that behaviour). Relays are tried one
 after the other, in the order given, and the first to complete the QUIC
 handshake and HELLO / HELLO_ACK wins (the reference's ``DialAny``; its later
 concurrent race opens sessions that are closed right away, which the relay
@@ -36,6 +38,11 @@ class Backoff:
         delay = self._next
         self._next = min(self.cap, self.first if delay == 0 else delay * 2)
         return delay
+
+    @property
+    def upcoming(self) -> float:
+        """The pause :meth:`next_delay` will return next (for "retry in N s" messages)."""
+        return self._next
 
     def reset(self) -> None:
         """A session came up: the next failure retries at once again."""

@@ -4,7 +4,13 @@ The agent process = one :class:`Agent`, one ``expose`` per ``--expose``, one
 local TCP listener per ``--consume`` (each accepted connection becomes a
 stream to the named service, bridged byte for byte), an optional debug
 HTTP server and metrics dumper, and a ready file written once everything is
-bound and the first session is up. SIGINT/SIGTERM stop it gracefully.
+bound and the first session is up. SIGINT/SIGTERM stop it gracefully, also
+while it still waits for a relay.
+
+The listeners are bound before the first session, and a connection
+accepted while no session is up is closed at once (logged with why there
+is no session), never left waiting: a local client fails fast and retries,
+as it would against a backend that is down.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from typing import Any
 
 from outrelay.agent.bridge import bridge, close_writer
@@ -26,6 +33,7 @@ from outrelay.observe import REGISTRY, DebugServer, kv, run_dumper
 log = logging.getLogger("outrelay.agent")
 
 _local_conns = REGISTRY.counter("agent_local_connections")
+_refused_no_session = REGISTRY.counter("agent_local_refused_no_session")
 
 
 class ConsumerListener:
@@ -69,6 +77,15 @@ class ConsumerListener:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _local_conns.inc()
         name = self.mapping.name
+        if not self.agent.connected:
+            _refused_no_session.inc()
+            why = self.agent.last_error or "connecting"
+            log.warning(
+                f"agent: stream to {name} refused: no relay session ({why})",
+                extra=kv(service=name),
+            )
+            await close_writer(writer)
+            return
         try:
             # Early data: the local client's bytes follow OPEN_STREAM at once
             # (same packet when they are already here); a reject ends the bridge.
@@ -90,6 +107,24 @@ class ConsumerListener:
             raise
 
 
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it); return whether it ran out."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, stopped):
+            if not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+    if task.cancelled():
+        return False
+    task.result()  # raises what start raised
+    return True
+
+
 def _write_ready_file(path: str, info: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -101,7 +136,8 @@ async def run(config: RunConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run an agent until ``stop`` is set or SIGINT/SIGTERM arrives.
 
     Raises:
-        ConnectFailed: no relay answered at startup (or a REGISTER got no ACK).
+        ConnectFailed: ``exit_on_failure`` and no relay answered at the first
+            attempt (or a REGISTER got no ACK); otherwise it waits for one.
         OSError: a listener could not be bound, TLS files unreadable.
         IdentityError: bad ``--uri`` / certificate without a URI SAN.
     """
@@ -119,9 +155,11 @@ async def run(config: RunConfig, *, stop: asyncio.Event | None = None) -> None:
     try:
         for mapping in config.expose:
             await agent.expose(mapping.name, mapping.host, mapping.port)
-        await agent.start()
-        for listener in listeners:
+        for listener in listeners:  # bound first: a bad address fails before any wait
             await listener.start()
+        if not await _until_stopped(agent.start(), stop):
+            log.info("agent: stopping before any relay session")
+            return
         info: dict[str, Any] = {
             "pid": os.getpid(),
             "uri": agent.uri,

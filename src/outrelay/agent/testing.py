@@ -183,8 +183,7 @@ class FailoverLab:
             ca=pki / "ca.crt",
             controller=self.ctl.target,
             args=[
-                "--relay-id",
-                "r1",
+                "--no-policy",
                 "--listen",
                 f"127.0.0.1:{self.ports[name]}",
                 "--resume-window",

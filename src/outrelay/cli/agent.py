@@ -1,9 +1,10 @@
 """``outrelay agent``: run an agent (thin over :class:`outrelay.agent.RunConfig`).
 
-Exit codes (``outrelay.cli.errors``): 0 after SIGINT/SIGTERM, 1 when no
-relay answers or a REGISTER is not acknowledged at startup (or a listener
-cannot be bound), 2 for usage errors (missing or unreadable
---cert/--key/--ca, a bad NAME=HOST:PORT, a bad --uri or --relay).
+Exit codes (``outrelay.cli.errors``): 0 after SIGINT/SIGTERM, 1 when a
+listener cannot be bound or, with --exit-on-failure, when no relay answers
+(or a REGISTER is not acknowledged) at the first attempt, 2 for usage errors
+(missing or unreadable --cert/--key/--ca, a bad NAME=HOST:PORT, a bad --uri,
+--relay or --relay-uri).
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
     show_default=True,
     help="Concurrent incoming streams one caller identity may have here; more get 503.",
 )
+@click.option(
+    "--exit-on-failure",
+    is_flag=True,
+    help="Exit 1 when no relay answers at start, instead of waiting for one with the "
+    "reconnect backoff (later session losses are always retried).",
+)
 @click.option("--debug-listen", default="", help="Debug HTTP HOST:PORT ('' disables).")
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @log_options
@@ -137,6 +144,7 @@ def agent(
     ring_min: int,
     ring_max: int,
     max_streams_per_caller: int,
+    exit_on_failure: bool,
     debug_listen: str,
     metrics_dump: str,
     log_format: str,
@@ -150,10 +158,13 @@ def agent(
     backend refuses). Each connection accepted on a --consume listener is
     opened as a stream to the named service and its bytes follow the open at
     once (early data, no wait for the relay's answer); a rejected stream
-    closes the local connection. The session is re-established with backoff (0, 1, 2,
-    4 ... 30 s), the registrations replayed and live streams resumed (their
-    applications see a pause; a stream that cannot resume within
-    --resume-window is reset).
+    closes the local connection, and so does a connection accepted while no
+    relay session is up (at once, never left hanging). The agent may start
+    before its relay: it retries with the reconnect backoff (0, 1, 2, 4 ... 30
+    s), a WARN line per attempt (--exit-on-failure: exit 1 instead). A lost
+    session is re-established with the same backoff, the registrations
+    replayed and live streams resumed (their applications see a pause; a
+    stream that cannot resume within --resume-window is reset).
 
     The relay must prove it is one: its certificate's first URI SAN must be a
     relay identity (and exactly --relay-uri if given), else the connection is
@@ -214,6 +225,7 @@ def agent(
             ring_min=ring_min,
             ring_max=ring_max,
             max_streams_per_caller=max_streams_per_caller,
+            exit_on_failure=exit_on_failure,
         ),
         expose=expose_maps,
         consume=consume_maps,

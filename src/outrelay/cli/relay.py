@@ -27,13 +27,25 @@ from outrelay.cli.types import DURATION, SIZE
 @click.option(
     "--insecure-controller", is_flag=True, help="Plaintext gRPC to the controller (local only)."
 )
-@click.option("--relay-id", default="", help="Relay id for the controller [--listen].")
+@click.option(
+    "--relay-id",
+    default="",
+    help="Relay id for the controller [the id in --cert's relay URI SAN; "
+    "a different value is refused].",
+)
 @click.option("--region", default="local", show_default=True, help="Region sent to the controller.")
 @click.option("--advertise", default="", help="Endpoint announced in UpsertRelay [bound --listen].")
 @click.option(
     "--tenant",
     default="",
-    help="Comma-separated tenants whose policies are enforced ('' = no policy, no audit).",
+    help="Comma-separated tenants whose policies are enforced (closed world: "
+    "no rule, no stream). Required unless --no-policy.",
+)
+@click.option(
+    "--no-policy",
+    is_flag=True,
+    help="Run without policy and audit: every agent the CA signed may open every "
+    "service. Logged as a WARNING and shown as outrelay_relay_policy_enforced 0.",
 )
 @click.option(
     "--debug-listen", default="127.0.0.1:9100", show_default=True, help="Debug HTTP ('' disables)."
@@ -106,8 +118,13 @@ from outrelay.cli.types import DURATION, SIZE
 def relay(**options: object) -> None:
     """Run a relay: accept agents over mTLS QUIC and splice their streams.
 
-    Needs --cert, --key and --ca; talks to the controller at --controller over
-    mTLS with the same certificate. Stops gracefully on SIGINT/SIGTERM.
+    Needs --cert, --key, --ca and --tenant (or an explicit --no-policy); talks
+    to the controller at --controller over mTLS with the same certificate.
+    May start before the controller: it retries UpsertRelay with backoff (a
+    WARN line per attempt) and serves no agent until the controller answered
+    and every tenant's policy snapshot arrived. Stops gracefully on
+    SIGINT/SIGTERM. Exit 2: usage (missing flag, unreadable credentials,
+    --relay-id differing from the certificate); 1: runtime failure.
     """
     from outrelay.observe import setup_logging
     from outrelay.relay.config import ConfigError, RelayConfig

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from outrelay.identity import IdentityError, Role, peer_identity
 from outrelay.observe.http import parse_hostport
 
 MiB = 1024 * 1024
@@ -11,6 +13,13 @@ MiB = 1024 * 1024
 
 class ConfigError(ValueError):
     """A relay setting is missing or invalid."""
+
+
+#: The one-line refusal of a relay started with neither --tenant nor --no-policy.
+NO_TENANT = (
+    "no --tenant given: pass --tenant TENANT[,TENANT...] to enforce those tenants' "
+    "policies, or --no-policy to run without policy and audit"
+)
 
 
 def split_hostport(value: str, what: str) -> tuple[str, int]:
@@ -43,14 +52,19 @@ class RelayConfig:
     controller_server_name: str = ""
     #: Plaintext gRPC to the controller (its ``--insecure`` mode; local use only).
     insecure_controller: bool = False
-    #: Identifier in UpsertRelay and every RegisterService ('' = ``listen``).
+    #: Identifier in UpsertRelay and every RegisterService ('' = the id in the
+    #: certificate's relay URI SAN; anything else must equal it).
     relay_id: str = ""
     #: Sent in UpsertRelay and as Resolve's caller_region.
     region: str = "local"
     #: Endpoint peers would dial, sent in UpsertRelay ('' = the bound listen address).
     advertise: str = ""
-    #: Comma-separated tenants whose policies are enforced ('' = no policy, no audit).
+    #: Comma-separated tenants whose policies are enforced (one of this and
+    #: ``no_policy`` is required).
     tenant: str = ""
+    #: Run without policy and audit (every verified agent may open any service).
+    #: Must be asked for: a relay without ``tenant`` refuses to start otherwise.
+    no_policy: bool = False
     #: Debug HTTP address ('' disables).
     debug_listen: str = "127.0.0.1:9100"
     #: JSONL file for periodic metric snapshots ('' disables).
@@ -102,6 +116,10 @@ class RelayConfig:
         missing = [f"--{n}" for n in ("cert", "key", "ca") if not getattr(self, n)]
         if missing:
             raise ConfigError(f"{', '.join(missing)} required")
+        if not self.tenants and not self.no_policy:
+            raise ConfigError(NO_TENANT)
+        if self.tenants and self.no_policy:
+            raise ConfigError("--tenant and --no-policy exclude each other")
         split_hostport(self.listen, "listen")
         split_hostport(self.controller, "controller")
         if self.debug_listen:
@@ -124,3 +142,34 @@ class RelayConfig:
             raise ConfigError("--max-half-open must be at least 1")
         if not 0 <= self.retry_threshold <= self.max_half_open:
             raise ConfigError("--retry-threshold must be between 0 and --max-half-open")
+
+
+def certificate_relay_id(config: RelayConfig) -> str:
+    """The relay id: the last segment of ``config.cert``'s relay URI SAN.
+
+    An explicit ``config.relay_id`` must equal it (the controller accepts a
+    relay only under the id its certificate names).
+
+    Raises:
+        ConfigError: the certificate cannot be read, names no relay identity
+            (``outrelay://<region>/relay/<id>``), or ``relay_id`` differs from it.
+    """
+    try:
+        data = Path(config.cert).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"credentials: cannot read {config.cert}: {exc.strerror}") from None
+    try:
+        identity = peer_identity(data)
+    except IdentityError as exc:
+        raise ConfigError(f"credentials: {config.cert}: {exc}") from None
+    if identity.role is not Role.RELAY:
+        raise ConfigError(
+            f"--cert: {config.cert} names {identity}, not a relay "
+            "(want outrelay://<region>/relay/<id>)"
+        )
+    if config.relay_id and config.relay_id != identity.id:
+        raise ConfigError(
+            f"--relay-id {config.relay_id!r} differs from the certificate's relay id "
+            f"{identity.id!r} ({identity}); leave --relay-id out"
+        )
+    return identity.id

@@ -12,6 +12,7 @@ carrying the status name. Streams (``Policy.Watch``) use the stubs directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,19 @@ class ControllerClient:
                 await self.audit.Record(audit_pb2.RecordAuditRequest(event=event), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 raise error_of(exc) from None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the channel to connect; return whether it did.
+
+        Used between start-up attempts: the next one goes out as soon as
+        the controller accepts a connection instead of after the full pause.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.channel.channel_ready()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Close the channel (in-flight RPCs are cancelled)."""

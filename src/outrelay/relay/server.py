@@ -19,6 +19,15 @@ for the channel (``wait_for_ready``; the channel reconnects within 0.5 s).
 The first success marks it up again: the core re-sends its desired
 registrations (``RelayCore.controller_back``), the audit queue is flushed,
 and each watch's new snapshot replaces that tenant's rules.
+
+Start in any order. ``start`` binds QUIC and the debug server first, then
+waits for the controller: UpsertRelay is retried with backoff
+(``CONTROLLER_RETRY_S`` doubling to ``CONTROLLER_RETRY_MAX_S``, or at once
+when the gRPC channel becomes ready), one WARN line per attempt; a refusal
+that is not an outage (PERMISSION_DENIED, ...) is a StartError. Then it
+waits for every tenant's first policy snapshot. Until both are done the
+relay serves nothing: each verified connection is closed at once with the
+reason (``NOT_READY``) and ``/readyz`` answers 503; agents retry.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from outrelay.relay.actions import (
     StopReading,
 )
 from outrelay.relay.audit import AuditQueue, tenant_of
-from outrelay.relay.config import ConfigError, RelayConfig, split_hostport
+from outrelay.relay.config import ConfigError, RelayConfig, certificate_relay_id, split_hostport
 from outrelay.relay.controller_client import ControllerClient, error_of
 from outrelay.relay.core import RelayCore
 from outrelay.relay.errors import TRANSIENT, ControllerError
@@ -91,8 +100,12 @@ WATCH_BACKOFF_S = 0.1
 WATCH_BACKOFF_MAX_S = 0.5
 #: UpsertRelay period while the controller is unreachable.
 RECONNECT_POLL_S = 0.5
-#: How long start() waits for the first policy snapshots before going ready.
-SYNC_WAIT_S = 5.0
+#: Pause between start-up UpsertRelay attempts while the controller is not
+#: up yet: first, then the cap (cut short when the channel becomes ready).
+CONTROLLER_RETRY_S = 0.5
+CONTROLLER_RETRY_MAX_S = 5.0
+#: CONNECTION_CLOSE reason for an agent that connects before the relay serves.
+NOT_READY = "relay not ready: waiting for the controller and the policy snapshot"
 
 
 class StartError(Exception):
@@ -112,7 +125,7 @@ class Relay:
         self.config = config
         self.metrics = metrics
         self.ready = False
-        self.relay_id = config.relay_id or config.listen
+        self.relay_id = certificate_relay_id(config)
         self.addresses: dict[str, str] = {}
         tenants = config.tenants
         self.engine = PolicyEngine() if tenants else None
@@ -147,12 +160,16 @@ class Relay:
         self._splice_meters = SpliceMeters(metrics)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        #: the controller answers (False from the first unreachable failure
-        #: until the next success)
-        self.controller_up = True
+        #: the controller answers (False until the first UpsertRelay answered,
+        #: and from the first unreachable failure until the next success)
+        self.controller_up = False
         self._controller_wake = asyncio.Event()
         self.m_controller_up = metrics.gauge("controller_up")
-        self.m_controller_up.set(1)
+        self.m_controller_up.set(0)  # 1 from the first UpsertRelay answered
+        #: 1: the policies of --tenant are enforced; 0: --no-policy
+        self.m_policy_enforced = metrics.gauge("relay_policy_enforced")
+        self.m_policy_enforced.set(1 if self.engine is not None else 0)
+        self.m_not_ready = metrics.counter("connections_refused_not_ready")
         self.m_outages = metrics.counter("controller_outages")
         self.m_watch_subs = metrics.counter("policy_watch_subscriptions")
 
@@ -164,11 +181,14 @@ class Relay:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind, announce the relay to the controller, start background work.
+        """Bind, wait for the controller and the policy snapshots, then serve.
+
+        Waits as long as the controller is unreachable (cancel to give up).
 
         Raises:
             ConfigError: invalid settings or unreadable credentials.
-            StartError: the listener cannot be bound or UpsertRelay failed.
+            StartError: the listener cannot be bound, or the controller
+                refused UpsertRelay (not an outage: a wrong identity, ...).
         """
         cfg = self.config
         cfg.check()
@@ -198,6 +218,11 @@ class Relay:
             tconf.quic_configuration(is_client=False)  # loads cert and key: fail early
         except (OSError, ValueError, TransportError) as exc:
             raise ConfigError(f"credentials: {exc}") from None
+        if self.engine is None:
+            log.warning(
+                "WARNING: --no-policy: this relay enforces no policy and records no audit; "
+                "every agent the CA signed may open every service"
+            )
         host, port = split_hostport(cfg.listen, "listen")
         try:
             self._server = await serve(
@@ -209,11 +234,15 @@ class Relay:
         quic = f"{bound_host}:{bound_port}"
         self.addresses["quic"] = quic
         self.advertise = cfg.advertise or quic
-        try:
-            await self._upsert(UPSERT_TIMEOUT_S)
-        except ControllerError as exc:
-            await self._close_server()
-            raise StartError(f"UpsertRelay to {cfg.controller}: {exc.reason}") from None
+        if cfg.debug_listen:  # up while we wait: /readyz says 503, /metrics shows why
+            self._debug = DebugServer(self.metrics, ready=lambda: self.ready)
+            try:
+                dhost, dport = await self._debug.start(*split_hostport(cfg.debug_listen, "debug"))
+                self.addresses["debug"] = f"{dhost}:{dport}"
+            except OSError as exc:
+                log.warning("debug server not started", extra=kv(err=str(exc)))
+                self._debug = None
+        await self._wait_for_controller()
         log.info(
             "relay listening",
             extra=kv(quic=quic, relay_id=self.relay_id, tenants=",".join(cfg.tenants)),
@@ -228,24 +257,44 @@ class Relay:
         if self.audit is not None:
             self.audit.notify = self._audit_wake.set
             self._spawn(self._audit_sender())
-        if cfg.debug_listen:
-            self._debug = DebugServer(self.metrics, ready=lambda: self.ready)
-            try:
-                dhost, dport = await self._debug.start(*split_hostport(cfg.debug_listen, "debug"))
-                self.addresses["debug"] = f"{dhost}:{dport}"
-            except OSError as exc:
-                log.warning("debug server not started", extra=kv(err=str(exc)))
-                self._debug = None
         if cfg.metrics_dump:
             self._spawn(run_dumper(self.metrics, cfg.metrics_dump, cfg.metrics_interval))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SYNC_WAIT_S):
-                await self._synced.wait()
         if not self._synced.is_set():
-            log.warning("policy snapshot not received yet; serving with what we have")
+            log.info("waiting for the policy snapshot", extra=kv(tenants=",".join(cfg.tenants)))
+        await self._synced.wait()  # no stream is served on a partial rule set
         self.ready = True
+        log.info("relay serving", extra=kv(quic=quic, relay_id=self.relay_id))
         if cfg.ready_file:
             write_ready_file(cfg.ready_file, {**self.addresses, "relay_id": self.relay_id})
+
+    async def _wait_for_controller(self) -> None:
+        """UpsertRelay until the controller answers; one WARN line per failed attempt.
+
+        Raises:
+            StartError: the controller answered with a refusal (not an outage).
+        """
+        target = self.config.controller
+        delay = CONTROLLER_RETRY_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._upsert(UPSERT_TIMEOUT_S)
+            except ControllerError as exc:
+                if exc.status not in TRANSIENT:
+                    raise StartError(f"UpsertRelay to {target}: {exc.reason}") from None
+                log.warning(
+                    f"waiting for controller {target}: {exc.reason}; retry in {delay:g}s",
+                    extra=kv(attempt=attempt, status=exc.status),
+                )
+                await self.client.wait_ready(delay)
+                delay = min(delay * 2, CONTROLLER_RETRY_MAX_S)
+                continue
+            break
+        if attempt > 1:
+            log.info("controller reachable", extra=kv(controller=target, attempts=attempt))
+        self.controller_up = True
+        self.m_controller_up.set(1)
 
     async def stop(self) -> None:
         """Deregister agents, close every connection, stop background work. Idempotent."""
@@ -304,6 +353,12 @@ class Relay:
     # -- transport events -------------------------------------------------------
 
     def _on_link(self, link: Link) -> None:
+        if not self.ready:
+            # No stream before the controller and the policy snapshot: the
+            # agent learns why and retries with its backoff.
+            self.m_not_ready.inc()
+            link.close(0, NOT_READY)
+            return
         conn = self._next_conn
         self._next_conn += 1
         self._links[conn] = link
@@ -596,11 +651,25 @@ class Relay:
 
 
 async def serve_until(config: RelayConfig, stop: asyncio.Event) -> None:
-    """Run a relay until ``stop`` is set (raises like :meth:`Relay.start`)."""
+    """Run a relay until ``stop`` is set (raises like :meth:`Relay.start`).
+
+    ``stop`` also ends a start that is still waiting for the controller.
+    """
     relay = Relay(config)
     try:
-        await relay.start()
-        await stop.wait()
+        starting = asyncio.ensure_future(relay.start())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (starting, stopped):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if not starting.cancelled():
+            starting.result()  # a start error is raised here
+            await stop.wait()
     finally:
         await relay.stop()
 
