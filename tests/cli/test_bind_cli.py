@@ -41,9 +41,9 @@ def test_agent_refuses_bad_expose_and_consume_exit_2(flag: str, value: str, rule
 
 
 def test_agent_accepts_good_names_then_looks_for_files() -> None:
-    # past the mapping check, the next complaint is the missing certificate file
+    # past the mapping check, the next complaint is the missing certificate file (usage: exit 2)
     code, out = invoke("agent", *CREDS, "--expose", "svc-echo=[::1]:80", "--consume", "web=h:1")
-    assert code == 1 and "cannot read c" in out
+    assert code == 2 and "--cert c: No such file or directory" in out
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ CASES: dict[str, list[str]] = {
         "controller", "--cert", "{missing}", "--key", "{key}", "--ca", "{ca}",
         "--db", "c.db", "--debug-listen", "",
     ],
-    "relay-missing-cert": ["relay", "--cert", "{missing}", "--key", "{key}", "--ca", "{ca}"],
+    "relay-missing-cert": [
+        "relay", "--tenant", "acme", "--cert", "{missing}", "--key", "{key}", "--ca", "{ca}",
+    ],
     "agent-missing-cert": ["agent", "--cert", "{missing}", "--key", "{key}", "--ca", "{ca}"],
     "policy-missing-cert": [
         "policy", "list", "--controller", "127.0.0.1:1",
@@ -53,10 +55,14 @@ CASES: dict[str, list[str]] = {
         "controller", "--listen", "nowhere", "--cert", "{cert}", "--key", "{key}", "--ca", "{ca}",
         "--db", "c.db", "--debug-listen", "",
     ],
-    "relay-bad-listen": ["relay", "--listen", "nowhere", "--cert", "{cert}", "--key", "{key}",
-                         "--ca", "{ca}"],
-    "relay-bad-controller": ["relay", "--controller", "nowhere", "--cert", "{cert}",
-                             "--key", "{key}", "--ca", "{ca}"],
+    "relay-bad-listen": [
+        "relay", "--tenant", "acme", "--listen", "nowhere",
+        "--cert", "{cert}", "--key", "{key}", "--ca", "{ca}",
+    ],
+    "relay-bad-controller": [
+        "relay", "--tenant", "acme", "--controller", "nowhere",
+        "--cert", "{cert}", "--key", "{key}", "--ca", "{ca}",
+    ],
     "agent-bad-relay": ["agent", "--relay", "nowhere", "--cert", "{cert}", "--key", "{key}",
                         "--ca", "{ca}"],
     "policy-bad-controller": [

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from outrelay.identity import peer_uri
 from outrelay.orp import FrameType
 from outrelay.proto import orp_pb2
 from outrelay.relay.testing import ProbeAgent, ProbeStream
@@ -160,9 +161,10 @@ def test_provider_without_stream_credit_gets_503_at_once(world: World) -> None:
         assert stack.relay is not None
         # a provider whose QUIC connection allows the relay 3 concurrent streams
         cert, key = stack.leaf("tiny-provider")
+        stack.ctl.allow_bind(peer_uri(cert.read_bytes()), "tiny")
         provider = await ProbeAgent.dial(stack.relay.quic, cert, key, stack.ca, max_streams=3)
         assert (await provider.hello()).type == FrameType.HELLO_ACK
-        assert (await provider.register("tiny")).type == FrameType.REGISTER_ACK
+        assert (await provider.register_bound("tiny")).type == FrameType.REGISTER_ACK
         caller = await stack.probe()
         streams = [caller.open("tiny") for _ in range(5)]
         ended = await _ended(streams, 2, timeout=5)

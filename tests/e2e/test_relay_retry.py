@@ -185,7 +185,8 @@ def test_retry_never_relay_holds_at_most_max_half_open_handshakes(stack: Stack) 
 def test_bad_retry_settings_exit_2_with_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    cmd = [sys.executable, "-m", "outrelay", "relay", "--cert", "c", "--key", "k", "--ca", "a"]
+    cmd = [sys.executable, "-m", "outrelay", "relay", "--tenant", "acme"]
+    cmd += ["--cert", "c", "--key", "k", "--ca", "a"]
     done = subprocess.run(
         [*cmd, *args], capture_output=True, text=True, env=child_env(), timeout=30, check=False
     )

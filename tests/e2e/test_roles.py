@@ -214,7 +214,9 @@ def test_sdk_agent_refuses_a_fake_relay_holding_an_agent_certificate(
     before = len(fake_relay.stream_data())
 
     async def main() -> None:
-        config = AgentConfig(relays=(fake_relay.addr,), cert=cert, key=key, ca=stack.ca)
+        config = AgentConfig(
+            relays=(fake_relay.addr,), cert=cert, key=key, ca=stack.ca, exit_on_failure=True
+        )
         agent = Agent(config)
         try:
             with pytest.raises(ConnectFailed, match=re.escape(NOT_A_RELAY)):

@@ -68,6 +68,7 @@ def _allow_all(ctl: ControllerProcess) -> None:
             pp.ListPoliciesRequest(tenant=TENANT), timeout=5
         ).rules):  # fmt: skip
             stub.AddPolicy(pp.AddPolicyRequest(rule=rule), timeout=5)
+            ctl.allow_bind("*", "svc-echo", tenant=TENANT)
 
 
 def _relay(work: Path, pki: Path, controller: str, *args: str, name: str = "relay") -> RelayProcess:

@@ -22,6 +22,7 @@ from outrelay.agent.errors import (
     OpenError,
     ProviderRefusal,
     RegisterFailed,
+    RegisterRefused,
     StreamFailed,
     StreamRejected,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "OpenError",
     "ProviderRefusal",
     "RegisterFailed",
+    "RegisterRefused",
     "RunConfig",
     "StreamFailed",
     "StreamRejected",

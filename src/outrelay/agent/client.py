@@ -58,6 +58,7 @@ from outrelay.agent.errors import (
     NoHandler,
     NotConnected,
     ProviderRefusal,
+    RegisterRefused,
 )
 from outrelay.agent.reconnect import Backoff, dial_first
 from outrelay.agent.resume import ResumableState, ResumePhase
@@ -210,6 +211,8 @@ class Agent:
             NotConnected: :meth:`stop` was called while waiting.
             ConnectFailed: ``exit_on_failure`` and the first attempt found no
                 relay that completed the handshake and registrations.
+            RegisterRefused: a relay refused a REGISTER (bind denied, bad name):
+                not retried at start, whatever ``exit_on_failure``.
             IdentityError: the agent URI is not a valid OutRelay identity.
             OSError, ValueError: the TLS material cannot be read.
         """
@@ -240,7 +243,10 @@ class Agent:
         self._stop_requested.clear()
         try:
             session = await self._connect(
-                Backoff(cap=cfg.max_backoff), "agent: waiting for a relay", cfg.exit_on_failure
+                Backoff(cap=cfg.max_backoff),
+                "agent: waiting for a relay",
+                cfg.exit_on_failure,
+                starting=True,
             )
         except BaseException:
             self._started = False
@@ -574,13 +580,16 @@ class Agent:
         if before:
             _ring_bytes.set(_ring_bytes.value - before)
 
-    async def _connect(self, backoff: Backoff, waiting: str, give_up: bool) -> Session:
+    async def _connect(
+        self, backoff: Backoff, waiting: str, give_up: bool, *, starting: bool = False
+    ) -> Session:
         """Dial the relays until one session is up, pausing per ``backoff``.
 
         Each failed round logs ``<waiting>: <why>; retry in <n>s``.
 
         Raises:
             ConnectFailed: ``give_up`` and the first round failed.
+            RegisterRefused: ``starting`` and the relay refused a REGISTER.
             NotConnected: :meth:`stop` was called meanwhile.
         """
         while True:
@@ -593,8 +602,11 @@ class Agent:
                 raise NotConnected("agent: stopped while waiting for a relay")
             try:
                 return await dial_first(self.config.relays, self._establish)
-            except ConnectFailed as exc:
-                if give_up:
+            except (ConnectFailed, RegisterRefused) as exc:
+                # A refused REGISTER (bind denied, bad name) at start is a
+                # configuration error: fail with it. After a session loss it is
+                # retried like an outage (the operator may restore the rule).
+                if give_up or (starting and isinstance(exc, RegisterRefused)):
                     raise
                 why = str(exc).removeprefix("agent: ")
                 self.last_error = why

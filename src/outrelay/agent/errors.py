@@ -62,6 +62,12 @@ class RegisterFailed(AgentError):
     """
 
 
+class RegisterRefused(RegisterFailed):
+    """The relay refused a REGISTER with a code and reason (bind denied 403, bad
+    name 400): a configuration problem that retrying cannot fix, so the agent
+    does not wait for another relay or attempt; it fails with the reason."""
+
+
 class ProviderRefusal(AgentError):
     """This (provider) agent refuses an incoming stream; ``code`` goes on the wire."""
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from outrelay.agent.errors import ConnectFailed
+from outrelay.agent.errors import ConnectFailed, RegisterRefused
 from outrelay.errors import OutRelayError
 from outrelay.observe import kv
 
@@ -59,6 +59,8 @@ async def dial_first(relays: Sequence[str], dial: Callable[[str], Awaitable[T]])
     for relay in relays:
         try:
             return await dial(relay)
+        except RegisterRefused:
+            raise  # the relays share one policy: another relay or attempt cannot help
         except (OutRelayError, OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             log.info("relay did not answer", extra=kv(relay=relay, err=reason))

@@ -34,6 +34,7 @@ from outrelay.agent.errors import (
     HandshakeFailed,
     NotConnected,
     RegisterFailed,
+    RegisterRefused,
     StreamFailed,
     StreamLost,
     StreamRejected,
@@ -486,7 +487,7 @@ class Session:
             fut = futs.pop(0)
             if not fut.done():
                 fut.set_exception(
-                    RegisterFailed(
+                    RegisterRefused(
                         f"agent: REGISTER {event.name!r} refused by the relay: "
                         f"{event.code} {event.reason}"
                     )
