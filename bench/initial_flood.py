@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if added.returncode != 0:
             raise SystemExit(f"policy add failed: {added.stderr.strip()}")
+        # the provider (dev bundle ...0001) may provide the service (bind rule)
+        ctl.allow_bind("*", "web", tenant=TENANT)
         for mode in modes:
             relay = RelayProcess(
                 work,
