@@ -60,6 +60,7 @@ from outrelay.agent.errors import (
     ProviderRefusal,
     RegisterRefused,
 )
+from outrelay.agent.dial import Candidate, candidates, race
 from outrelay.agent.reconnect import Backoff, dial_first
 from outrelay.agent.resume import ResumableState, ResumePhase
 from outrelay.agent.session import Session
@@ -70,6 +71,8 @@ from outrelay.observe import REGISTRY, kv
 from outrelay.policy.names import check_service_name
 from outrelay.resume import CHECKPOINT_PERIOD_MS
 from outrelay.transport import MiB, TransportConfig, connect
+from outrelay.transport.link import StreamLink
+from outrelay.transport.tcp import connect_tcp
 
 log = logging.getLogger("outrelay.agent")
 
@@ -156,6 +159,7 @@ class Agent:
         #: set by stop(): ends a start() or reconnect pause at once
         self._stop_requested = asyncio.Event()
         self._transport_config: TransportConfig | None = None
+        self._candidates: list[Candidate] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         # Resume bookkeeping: established resumable streams by ORP stream id,
         # the lost ones with their give-up timers, the checkpoint timer.
@@ -188,6 +192,11 @@ class Agent:
     def relay(self) -> str | None:
         """``host:port`` of the relay of the current session (None when disconnected)."""
         return self._session.relay if self.connected and self._session else None
+
+    @property
+    def transport(self) -> str | None:
+        """``"quic"`` or ``"tcp"``: what carries the current session (None when disconnected)."""
+        return self._session.transport if self.connected and self._session else None
 
     @property
     def services(self) -> list[str]:
@@ -237,6 +246,7 @@ class Agent:
             keepalive=cfg.keepalive,
         )
         self._transport_config.quic_configuration(is_client=True)  # fail early on bad files
+        self._candidates = candidates(cfg.relays, cfg.relays_tcp, cfg.transport)
         self._loop = asyncio.get_running_loop()
         self._started = True
         self._stopping = False
@@ -397,12 +407,21 @@ class Agent:
 
     # -- internals --------------------------------------------------------
 
-    async def _establish(self, relay: str) -> Session:
-        """Dial one relay, HELLO, and REGISTER every service."""
+    async def _dial(self, transport: str, relay: str) -> StreamLink:
+        """One transport's handshake with ``relay``; the link once the relay is verified."""
         cfg = self.config
         assert self._transport_config is not None
         host, port = parse_hostport(relay)
-        link = await connect(host, port, self._transport_config, timeout=cfg.connect_timeout)
+        if transport == "tcp":
+            return await connect_tcp(
+                self._transport_config, host, port, timeout=cfg.connect_timeout
+            )
+        return await connect(host, port, self._transport_config, timeout=cfg.connect_timeout)
+
+    async def _establish(self, candidate: Candidate) -> Session:
+        """Dial one relay (happy eyeballs between its transports), HELLO, REGISTER everything."""
+        cfg = self.config
+        _, relay, link = await race(candidate, self._dial)
         proto = AgentProtocol(
             self.uri,
             hello_timeout=cfg.hello_timeout,
@@ -427,7 +446,12 @@ class Agent:
         _session_up.set(1)
         log.info(
             "agent: relay session up",
-            extra=kv(relay=session.relay, uri=self.uri, services=",".join(self._services)),
+            extra=kv(
+                relay=session.relay,
+                transport=session.transport,
+                uri=self.uri,
+                services=",".join(self._services),
+            ),
         )
         lost = [t for t in self._lost if t.state is not None]
         if lost:
@@ -601,7 +625,7 @@ class Agent:
             if self._stopping:
                 raise NotConnected("agent: stopped while waiting for a relay")
             try:
-                return await dial_first(self.config.relays, self._establish)
+                return await dial_first(self._candidates, self._establish)
             except (ConnectFailed, RegisterRefused) as exc:
                 # A refused REGISTER (bind denied, bad name) at start is a
                 # configuration error: fail with it. After a session loss it is

@@ -130,13 +130,31 @@ class AgentConfig:
     #: Concurrent incoming streams one caller identity may have here; more are
     #: refused with STREAM_REJECT 503 (the relay applies its own limit first).
     max_streams_per_caller: int = 256
+    #: Relay TCP+TLS+yamux endpoints (``--listen-tcp``), paired by position with
+    #: ``relays`` (the Nth is the Nth relay's TCP listener).
+    relays_tcp: tuple[str, ...] = ()
+    #: ``auto``: happy eyeballs (QUIC first, TCP after 250 ms or at once when
+    #: QUIC fails); ``quic`` or ``tcp``: that transport only.
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.relays, str):
             object.__setattr__(self, "relays", tuple(split_relays([self.relays])))
-        if not self.relays:
-            raise ValueError("agent: at least one relay address is needed")
-        for relay in self.relays:
+        if isinstance(self.relays_tcp, str):
+            object.__setattr__(self, "relays_tcp", tuple(split_relays([self.relays_tcp])))
+        if self.transport not in ("auto", "quic", "tcp"):
+            raise ValueError(f"agent: transport: want auto, quic or tcp, got {self.transport!r}")
+        usable = {
+            "auto": self.relays or self.relays_tcp,
+            "quic": self.relays,
+            "tcp": self.relays_tcp,
+        }[self.transport]
+        if not usable:
+            need = {"quic": "QUIC relay", "tcp": "TCP relay (relays_tcp)"}.get(
+                self.transport, "relay"
+            )
+            raise ValueError(f"agent: at least one {need} address is needed")
+        for relay in (*self.relays, *self.relays_tcp):
             parse_hostport(relay)
         if self.window <= 0:
             raise ValueError("agent: window must be positive")

@@ -23,6 +23,7 @@ from outrelay.observe import kv
 log = logging.getLogger("outrelay.agent")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Backoff:
@@ -49,7 +50,7 @@ class Backoff:
         self._next = 0.0
 
 
-async def dial_first(relays: Sequence[str], dial: Callable[[str], Awaitable[T]]) -> T:
+async def dial_first(relays: Sequence[R], dial: Callable[[R], Awaitable[T]]) -> T:
     """``await dial(relay)`` for each relay in order; return the first success.
 
     Raises:
@@ -63,7 +64,7 @@ async def dial_first(relays: Sequence[str], dial: Callable[[str], Awaitable[T]])
             raise  # the relays share one policy: another relay or attempt cannot help
         except (OutRelayError, OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
-            log.info("relay did not answer", extra=kv(relay=relay, err=reason))
+            log.info("relay did not answer", extra=kv(relay=str(relay), err=reason))
             errors.append(f"{relay}: {reason}")
     if not errors:
         raise ConnectFailed("agent: no relay addresses")

@@ -164,6 +164,7 @@ async def run(config: RunConfig, *, stop: asyncio.Event | None = None) -> None:
             "pid": os.getpid(),
             "uri": agent.uri,
             "relay": agent.relay,
+            "transport": agent.transport,
             "expose": {m.name: m.address for m in config.expose},
             "consume": {lst.mapping.name: lst.address for lst in listeners},
         }

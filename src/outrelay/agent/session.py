@@ -1,6 +1,8 @@
-"""The asyncio shell of one relay session: :class:`AgentProtocol` driven by a QUIC link.
+"""The asyncio shell of one relay session: :class:`AgentProtocol` driven by a link.
 
-A :class:`Session` owns one :class:`outrelay.transport.Link`. Transport
+A :class:`Session` owns one link (``outrelay.transport.link.StreamLink``: a
+QUIC :class:`outrelay.transport.Link` or a TCP+TLS+yamux
+:class:`outrelay.transport.tcp.TcpLink`; the session does not care which). Transport
 events go through :class:`AgentProtocol` and come out as its events, which
 the session turns into future results (HELLO_ACK, REGISTER_ACK, a consumer
 stream opened or rejected) and into calls on each stream's
@@ -44,7 +46,6 @@ from outrelay.identity.roles import RoleRefused, require_role
 from outrelay.observe import REGISTRY, kv
 from outrelay.transport import (
     ConnectionClosed,
-    Link,
     SendCapacityAvailable,
     StopSendingReceived,
     StreamDataReceived,
@@ -52,6 +53,7 @@ from outrelay.transport import (
     TransportError,
 )
 from outrelay.transport import events as tev
+from outrelay.transport.link import StreamLink
 
 log = logging.getLogger("outrelay.agent")
 
@@ -97,7 +99,7 @@ class Session:
 
     def __init__(
         self,
-        link: Link,
+        link: StreamLink,
         relay: str,
         proto: AgentProtocol,
         on_incoming: IncomingCallback,
@@ -107,6 +109,8 @@ class Session:
     ) -> None:
         self.link = link
         self.relay = relay
+        #: ``"quic"`` or ``"tcp"``: what carries this session.
+        self.transport = link.transport_name
         self.proto = proto
         self._on_incoming = on_incoming
         self._high_water = high_water
@@ -134,7 +138,7 @@ class Session:
     @classmethod
     async def start(
         cls,
-        link: Link,
+        link: StreamLink,
         relay: str,
         proto: AgentProtocol,
         on_incoming: IncomingCallback,
@@ -326,7 +330,7 @@ class Session:
 
     def grant_all(self, qid: int) -> None:
         if not self.link.closed:
-            self.link.grant(qid, self.link.conn.unconsumed(qid))
+            self.link.grant(qid, self.link.unconsumed(qid))
 
     def stop_reading(self, qid: int) -> None:
         if not self.link.closed:
@@ -361,7 +365,7 @@ class Session:
 
     # -- transport events -------------------------------------------------
 
-    def _on_link_event(self, link: Link, event: tev.Event) -> None:
+    def _on_link_event(self, link: StreamLink, event: tev.Event) -> None:
         now = self._loop.time()
         kind = type(event)
         if kind is StreamDataReceived:

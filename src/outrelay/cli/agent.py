@@ -50,6 +50,22 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
     show_default=True,
     help="Relay QUIC HOST:PORT; comma-separated and/or repeated, tried in order.",
 )
+@click.option(
+    "--relay-tcp",
+    "relays_tcp",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Relay TCP+TLS HOST:PORT (the relays' --listen-tcp), paired by position with "
+    "--relay; comma-separated and/or repeated.",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "quic", "tcp"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="auto: happy eyeballs, QUIC first and TCP 250 ms later (at once if QUIC fails), "
+    "the first up wins; quic or tcp: that transport only.",
+)
 @click.option("--cert", type=click.Path(dir_okay=False), help="Agent certificate (PEM). Required.")
 @click.option("--key", type=click.Path(dir_okay=False), help="Agent private key (PEM). Required.")
 @click.option("--ca", type=click.Path(dir_okay=False), help="CA bundle (PEM). Required.")
@@ -131,6 +147,8 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
 )
 def agent(
     relays: tuple[str, ...],
+    relays_tcp: tuple[str, ...],
+    transport: str,
     cert: str | None,
     key: str | None,
     ca: str | None,
@@ -151,7 +169,11 @@ def agent(
     log_level: str,
     ready_file: str,
 ) -> None:
-    """Run an agent: one mTLS QUIC session to the first relay that answers.
+    """Run an agent: one mTLS session (QUIC or TCP+TLS) to the first relay that answers.
+
+    With --relay-tcp and --transport auto, each relay is raced: QUIC first,
+    TCP after a 250 ms head start (at once when QUIC fails), the first link
+    up carries the session and the log says which transport won.
 
     Exposed services are registered with the relay and each incoming stream
     is bridged to its local backend (404 for an unknown service, 502 when the
@@ -183,14 +205,19 @@ def agent(
     if missing:
         fail(f"{', '.join(missing)} required", usage=True)
     assert cert and key and ca
+    transport = transport.lower()
     relay_list = split_relays(relays)
-    if not relay_list:
+    tcp_list = split_relays(relays_tcp)
+    if transport == "tcp" and not tcp_list:
+        fail("--transport tcp needs --relay-tcp", usage=True)
+    if transport != "tcp" and not relay_list:
         fail("--relay: no relay address given", usage=True)
-    for relay in relay_list:
-        try:
-            parse_hostport(relay)
-        except ValueError as exc:
-            fail(f"--relay: {exc}", usage=True)
+    for flag, values in (("--relay", relay_list), ("--relay-tcp", tcp_list)):
+        for relay in values:
+            try:
+                parse_hostport(relay)
+            except ValueError as exc:
+                fail(f"{flag}: {exc}", usage=True)
     if uri:
         try:
             parse(uri)
@@ -213,7 +240,9 @@ def agent(
     check_tls_files(cert, key, ca)
     config = RunConfig(
         agent=AgentConfig(
-            relays=tuple(relay_list),
+            relays=tuple(relay_list) if transport != "tcp" else (),
+            relays_tcp=tuple(tcp_list),
+            transport=transport,
             cert=cert,
             key=key,
             ca=ca,

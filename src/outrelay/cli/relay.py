@@ -11,6 +11,14 @@ from outrelay.cli.types import DURATION, SIZE
 
 @click.command()
 @click.option("--listen", default="127.0.0.1:7443", show_default=True, help="QUIC (UDP) address.")
+@click.option(
+    "--listen-tcp",
+    default="",
+    metavar="HOST:PORT",
+    help="Also accept agents over TCP + TLS 1.3 + yamux here (the fast path, and for "
+    "networks that block UDP); same certificates, role checks and services as QUIC "
+    "['' = disabled].",
+)
 @click.option("--cert", default="", help="Relay certificate (PEM). Required.")
 @click.option("--key", default="", help="Relay private key (PEM). Required.")
 @click.option("--ca", default="", help="CA bundle client certificates must chain to. Required.")
@@ -113,10 +121,11 @@ from outrelay.cli.types import DURATION, SIZE
 @click.option(
     "--ready-file",
     default="",
-    help='Write {"quic": "HOST:PORT", "debug": …, "relay_id": …} here once serving.',
+    help='Write {"quic": "HOST:PORT", "tcp": …, "debug": …, "relay_id": …} here once serving '
+    '("tcp" only with --listen-tcp).',
 )
 def relay(**options: object) -> None:
-    """Run a relay: accept agents over mTLS QUIC and splice their streams.
+    """Run a relay: accept agents over mTLS QUIC (and TCP) and splice their streams.
 
     Needs --cert, --key, --ca and --tenant (or an explicit --no-policy); talks
     to the controller at --controller over mTLS with the same certificate.

@@ -40,6 +40,8 @@ class RelayConfig:
 
     #: UDP address of the QUIC listener (port 0: ephemeral).
     listen: str = "127.0.0.1:7443"
+    #: TCP address of the TCP+TLS+yamux listener ('' = disabled, the default).
+    listen_tcp: str = ""
     #: PEM certificate (chain), its key, and the CA bundle client certs must chain to.
     cert: str = ""
     key: str = ""
@@ -81,7 +83,7 @@ class RelayConfig:
     heartbeat: float = 10.0
     #: Audit queue depth (a full queue drops and counts).
     audit_queue: int = 1024
-    #: Write {"quic": ..., "debug": ...} here once listening ('' = no file).
+    #: Write {"quic": ..., "tcp": ..., "debug": ...} here once listening ('' = no file).
     ready_file: str = ""
     #: QUIC idle timeout and keepalive, seconds (wire.md §7.2).
     idle_timeout: float = 10.0
@@ -121,6 +123,8 @@ class RelayConfig:
         if self.tenants and self.no_policy:
             raise ConfigError("--tenant and --no-policy exclude each other")
         split_hostport(self.listen, "listen")
+        if self.listen_tcp:
+            split_hostport(self.listen_tcp, "listen-tcp")
         split_hostport(self.controller, "controller")
         if self.debug_listen:
             split_hostport(self.debug_listen, "debug-listen")

@@ -1,7 +1,10 @@
 """The relay process: the asyncio shell around :class:`~outrelay.relay.core.RelayCore`.
 
-It listens for QUIC (``outrelay.transport.serve``), numbers connections, and
-turns transport events into core inputs; the core's actions are applied at
+It listens for QUIC (``outrelay.transport.serve``) and, with ``--listen-tcp``,
+for TCP + TLS + yamux (``outrelay.transport.tcp.serve_tcp``); both hand it
+verified links with one interface (``outrelay.transport.link.StreamLink``),
+so the core and the splices never learn the transport and any mix is
+spliced. It numbers connections, and turns transport events into core inputs; the core's actions are applied at
 once, in order, from the same callback, so frames to one stream never
 interleave. Streams the core has handed to a splice are fed to their
 :class:`~outrelay.relay.splice.Splice` instead. Background tasks: controller
@@ -69,7 +72,6 @@ from outrelay.transport import (
     ConnectionClosed,
     Event,
     HandshakeVerified,
-    Link,
     SendCapacityAvailable,
     Server,
     StopSendingReceived,
@@ -80,6 +82,8 @@ from outrelay.transport import (
     serve,
 )
 from outrelay.transport.admission import AdmissionMeters
+from outrelay.transport.link import StreamLink
+from outrelay.transport.tcp import TcpServer, serve_tcp
 
 log = logging.getLogger("outrelay.relay")
 
@@ -147,8 +151,9 @@ class Relay:
         )
         self._client = client
         self._server: Server | None = None
+        self._tcp_server: TcpServer | None = None
         self._debug: DebugServer | None = None
-        self._links: dict[int, Link] = {}
+        self._links: dict[int, StreamLink] = {}
         self._next_conn = 1
         self._spliced: dict[tuple[int, int], Splice] = {}
         self._conn_splices: dict[int, set[Splice]] = {}
@@ -234,6 +239,15 @@ class Relay:
         quic = f"{bound_host}:{bound_port}"
         self.addresses["quic"] = quic
         self.advertise = cfg.advertise or quic
+        if cfg.listen_tcp:
+            thost, tport = split_hostport(cfg.listen_tcp, "listen-tcp")
+            try:
+                self._tcp_server = await serve_tcp(tconf, thost, tport, self._on_link)
+            except (OSError, TransportError, ValueError) as exc:
+                await self._close_server()
+                raise StartError(f"listen-tcp {cfg.listen_tcp}: {exc}") from None
+            tcp_host, tcp_port = self._tcp_server.address
+            self.addresses["tcp"] = f"{tcp_host}:{tcp_port}"
         if cfg.debug_listen:  # up while we wait: /readyz says 503, /metrics shows why
             self._debug = DebugServer(self.metrics, ready=lambda: self.ready)
             try:
@@ -245,7 +259,12 @@ class Relay:
         await self._wait_for_controller()
         log.info(
             "relay listening",
-            extra=kv(quic=quic, relay_id=self.relay_id, tenants=",".join(cfg.tenants)),
+            extra=kv(
+                quic=quic,
+                tcp=self.addresses.get("tcp", ""),
+                relay_id=self.relay_id,
+                tenants=",".join(cfg.tenants),
+            ),
         )
         self._spawn(self._heartbeat())
         self._spawn(self._opens_rate())
@@ -338,6 +357,11 @@ class Relay:
         log.info("relay stopped")
 
     async def _close_server(self) -> None:
+        tcp, self._tcp_server = self._tcp_server, None
+        if tcp is not None:
+            tcp.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tcp.wait_closed(), 2.0)
         if self._server is None:
             return
         self._server.close()
@@ -352,7 +376,7 @@ class Relay:
 
     # -- transport events -------------------------------------------------------
 
-    def _on_link(self, link: Link) -> None:
+    def _on_link(self, link: StreamLink) -> None:
         if not self.ready:
             # No stream before the controller and the policy snapshot: the
             # agent learns why and retries with its backoff.
@@ -364,7 +388,7 @@ class Relay:
         self._links[conn] = link
         link.on_event = functools.partial(self._on_event, conn)
 
-    def _on_event(self, conn: int, link: Link, event: Event) -> None:
+    def _on_event(self, conn: int, link: StreamLink, event: Event) -> None:
         kind = type(event)
         if kind is StreamDataReceived:
             assert isinstance(event, StreamDataReceived)

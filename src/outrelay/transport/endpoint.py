@@ -63,6 +63,9 @@ class Link:
     :meth:`next_event`. Every method that produces output schedules a flush.
     """
 
+    #: Which transport this is (:class:`~outrelay.transport.tcp.TcpLink` has ``"tcp"``).
+    transport_name = "quic"
+
     def __init__(self, conn: OrpConnection, driver: _Driver, addr: NetworkAddress) -> None:
         self.conn = conn
         self.addr = addr
@@ -121,6 +124,10 @@ class Link:
         if granted:
             self._driver.mark(self)
         return granted
+
+    def unconsumed(self, stream_id: int) -> int:
+        """Bytes delivered on a stream and not yet granted back."""
+        return self.conn.unconsumed(stream_id)
 
     def release(self, stream_id: int) -> None:
         """Stop reading a stream and return its credit."""
