@@ -50,6 +50,7 @@ from outrelay.agent import events as ev
 from outrelay.agent.bridge import bridge, close_writer
 from outrelay.agent.config import RELAY_ROLES, AgentConfig, format_hostport, parse_hostport
 from outrelay.agent.core import AgentProtocol
+from outrelay.agent.dial import Candidate, candidates, race
 from outrelay.agent.errors import (
     AgentError,
     BackendUnavailable,
@@ -60,7 +61,6 @@ from outrelay.agent.errors import (
     ProviderRefusal,
     RegisterRefused,
 )
-from outrelay.agent.dial import Candidate, candidates, race
 from outrelay.agent.reconnect import Backoff, dial_first
 from outrelay.agent.resume import ResumableState, ResumePhase
 from outrelay.agent.session import Session

@@ -336,14 +336,14 @@ class TcpLink:
                 continue  # a session that ended (EOF) may still report; drop it
             kind = type(event)
             if kind is ev.StreamDataReceived:
-                data = event.data  # type: ignore[attr-defined]
+                data = event.data
                 if data:
-                    sid = event.stream_id  # type: ignore[attr-defined]
+                    sid = event.stream_id
                     self._unconsumed[sid] = self._unconsumed.get(sid, 0) + len(data)
             elif kind is ev.StreamReset:
-                self._unconsumed.pop(event.stream_id, None)  # type: ignore[attr-defined]
+                self._unconsumed.pop(event.stream_id, None)
             elif kind is ev.ConnectionClosed:
-                closed: ev.ConnectionClosed = event  # type: ignore[assignment]
+                closed: ev.ConnectionClosed = event
                 if self._close_by_us and not closed.by_us:
                     closed = ev.ConnectionClosed(closed.error_code, closed.reason, by_us=True)
                 self._finish(closed)
@@ -538,9 +538,7 @@ class TcpServer:
             verified = _verify(tls, self.config, self._ca, is_client=False)
         except PeerVerificationError as exc:
             self.refused += 1
-            log.info(
-                "transport: TCP peer refused", extra={"peer": str(peer), "err": exc.reason}
-            )
+            log.info("transport: TCP peer refused", extra={"peer": str(peer), "err": exc.reason})
             tls.abort()
             return
         if tls.is_closing():
