@@ -6,8 +6,9 @@ verified links with one interface (``outrelay.transport.link.StreamLink``),
 so the core and the splices never learn the transport and any mix is
 spliced. It numbers connections, and turns transport events into core
 inputs; the core's actions are applied at once, in order, from the same
-callback, so frames to one stream never interleave. Streams the core has handed to a splice are fed to their
-:class:`~outrelay.relay.splice.Splice` instead. Background tasks: controller
+callback, so frames to one stream never interleave. Streams the core has
+handed to a splice are fed to their :class:`~outrelay.relay.splice.Splice`
+instead. Background tasks: controller
 RPCs the core asked for, the UpsertRelay heartbeat, one ``Policy.Watch`` per
 tenant, the audit sender, the opens-per-second gauge, the debug HTTP server
 and the metrics dumper. One timer runs the core's resume deadlines.
