@@ -82,6 +82,12 @@ class RelayProcess(ComponentProcess):
         host, _, port = self.addresses["quic"].rpartition(":")
         return host, int(port)
 
+    @property
+    def tcp(self) -> tuple[str, int]:
+        """(host, port) of the TCP listener (``--listen-tcp``)."""
+        host, _, port = self.addresses["tcp"].rpartition(":")
+        return host, int(port)
+
 
 class _Rx:
     __slots__ = ("buf", "eof", "reset", "wake")

@@ -68,6 +68,23 @@ PRE_VERIFY_LIMIT = 256 * 1024
 TcpEventHandler = Callable[["TcpLink", ev.Event], None]
 
 
+# Stream ids. The relay and agent cores number streams as QUIC does (the
+# client's bidirectional streams 0, 4, 8 ..., the server's 1, 5, 9 ...; the
+# agent's control stream is 0), yamux as 1, 3, 5 ... (dialler) and 2, 4, 6 ...
+# (acceptor; the control stream is 1 on the wire, wire.md §7.4). TcpLink
+# shows the cores QUIC numbers, so they never learn the transport.
+
+
+def _app_id(wire: int) -> int:
+    """yamux id -> the QUIC-style id the application sees (1 -> 0, 3 -> 4, 2 -> 1, 4 -> 5)."""
+    return 2 * wire - 2 if wire & 1 else 2 * wire - 3
+
+
+def _wire_id(app: int) -> int:
+    """The QUIC-style id -> yamux id (the inverse of :func:`_app_id`)."""
+    return (app + 3) >> 1 if app & 1 else (app >> 1) + 1
+
+
 def server_context(config: TransportConfig) -> ssl.SSLContext:
     """The TLS server context of a ``--listen-tcp`` listener.
 
@@ -214,7 +231,7 @@ class TcpLink:
             ConnectionClosedError: the connection is closing or closed.
         """
         self._check_open()
-        stream_id = self.session.open_stream()
+        stream_id = _app_id(self.session.open_stream())
         self._mark()
         return stream_id
 
@@ -230,12 +247,12 @@ class TcpLink:
             StreamClosedError: our side of the stream was reset or already finished.
         """
         self._check_open()
-        self.session.send(stream_id, data, end_stream)
+        self.session.send(_wire_id(stream_id), data, end_stream)
         self._mark()
 
     def send_buffered(self, stream_id: int) -> int:
         """Bytes queued on a stream beyond what the peer's window let go."""
-        return 0 if self.closed else self.session.send_buffered(stream_id)
+        return 0 if self.closed else self.session.send_buffered(_wire_id(stream_id))
 
     def grant(self, stream_id: int, n: int) -> int:
         """Report ``n`` bytes consumed: the peer may send that much more (WindowUpdate)."""
@@ -243,7 +260,7 @@ class TcpLink:
         n = min(n, held)
         if n <= 0 or self.closed:
             return 0
-        granted = self.session.grant(stream_id, n)
+        granted = self.session.grant(_wire_id(stream_id), n)
         left = held - n
         if left:
             self._unconsumed[stream_id] = left
@@ -261,20 +278,20 @@ class TcpLink:
         """Stop reading a stream; what arrives later is credited at once."""
         self._unconsumed.pop(stream_id, None)
         if not self.closed:
-            self.session.release(stream_id)
+            self.session.release(_wire_id(stream_id))
             self._mark()
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """Abruptly end the stream (yamux RST; buffered data is dropped)."""
         if not self.closed:
-            self.session.reset_stream(stream_id, error_code)
+            self.session.reset_stream(_wire_id(stream_id), error_code)
             self._mark()
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         """Stop reading the stream (yamux has no STOP_SENDING: the stream is reset)."""
         self._unconsumed.pop(stream_id, None)
         if not self.closed:
-            self.session.stop_stream(stream_id, error_code)
+            self.session.stop_stream(_wire_id(stream_id), error_code)
             self._mark()
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
@@ -336,12 +353,21 @@ class TcpLink:
                 continue  # a session that ended (EOF) may still report; drop it
             kind = type(event)
             if kind is ev.StreamDataReceived:
+                sid = _app_id(event.stream_id)
                 data = event.data
                 if data:
-                    sid = event.stream_id
                     self._unconsumed[sid] = self._unconsumed.get(sid, 0) + len(data)
+                event = ev.StreamDataReceived(sid, data, event.end_stream)
+            elif kind is ev.SendCapacityAvailable:
+                event = ev.SendCapacityAvailable(
+                    _app_id(event.stream_id), event.drained, event.buffered
+                )
             elif kind is ev.StreamReset:
-                self._unconsumed.pop(event.stream_id, None)
+                sid = _app_id(event.stream_id)
+                self._unconsumed.pop(sid, None)
+                event = ev.StreamReset(sid, event.error_code)
+            elif kind is ev.StopSendingReceived:
+                event = ev.StopSendingReceived(_app_id(event.stream_id), event.error_code)
             elif kind is ev.ConnectionClosed:
                 closed: ev.ConnectionClosed = event
                 if self._close_by_us and not closed.by_us:
