@@ -29,6 +29,7 @@ How this works
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -64,6 +65,8 @@ HANDSHAKE_TIMEOUT = 10.0
 #: Bytes a client may send after its handshake before it is verified (the
 #: yamux SYN and HELLO take a few dozen); more closes the connection.
 PRE_VERIFY_LIMIT = 256 * 1024
+#: Seconds :meth:`TcpLink.wait_closed` waits for the socket (TLS close_notify) after the end.
+LINGER = 1.0
 
 TcpEventHandler = Callable[["TcpLink", ev.Event], None]
 
@@ -203,6 +206,7 @@ class TcpLink:
         self.on_socket_error: Callable[[Exception], None] | None = None
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._closed: asyncio.Future[ev.ConnectionClosed] = self._loop.create_future()
+        self._lost: asyncio.Future[None] = self._loop.create_future()
         self._unconsumed: dict[int, int] = {}
         self._flush_scheduled = False
         self._in_burst = False
@@ -306,8 +310,12 @@ class TcpLink:
             self._finish(ev.ConnectionClosed(error_code, reason, by_us=True))
 
     async def wait_closed(self) -> ev.ConnectionClosed:
-        """Wait until the connection is over; return why."""
-        return await asyncio.shield(self._closed)
+        """Wait until the connection is over (and its socket closed, up to 1 s); return why."""
+        closed = await asyncio.shield(self._closed)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER):
+                await asyncio.shield(self._lost)
+        return closed
 
     async def next_event(self) -> ev.Event:
         """The next event when no :attr:`on_event` callback is set.
@@ -442,6 +450,8 @@ class TcpLink:
         self.flush()
 
     def _connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
         if self.closed:
             return
         reason = f"connection lost: {exc}" if exc else "connection closed by the peer"
