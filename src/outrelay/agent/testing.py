@@ -155,7 +155,14 @@ class FailoverLab:
         resume_window: str = "30s",
         agent_args: Sequence[str] = (),
         relays: Sequence[str] = ("A", "B"),
+        tcp: bool = False,
+        transports: dict[str, str] | None = None,
+        hide_quic: Sequence[str] = (),
     ) -> None:
+        """``tcp``: every relay also listens with ``--listen-tcp`` and the agents get
+        ``--relay-tcp``; ``transports``: ``--transport`` per role (``provider``,
+        ``consumer``); ``hide_quic``: relays whose QUIC address the agents are
+        given as a port nobody listens on (QUIC fails there, TCP must carry it)."""
         self.work = workdir
         self.resume_window = resume_window
         self.agent_args = list(agent_args)
@@ -164,6 +171,10 @@ class FailoverLab:
         self.sink = SinkServer()
         self.names = tuple(relays)
         self.ports = {name: free_port(socket.SOCK_DGRAM) for name in self.names}
+        self.tcp_ports = {name: free_port() for name in self.names} if tcp else {}
+        self.transports = dict(transports or {})
+        self.hide_quic = set(hide_quic)
+        self._dead_udp = free_port(socket.SOCK_DGRAM)
         self.relays: dict[str, RelayProcess] = {}
         self.provider: AgentProcess | None = None
         self.consumer: AgentProcess | None = None
@@ -188,6 +199,7 @@ class FailoverLab:
                 f"127.0.0.1:{self.ports[name]}",
                 "--resume-window",
                 self.resume_window,
+                *(["--listen-tcp", f"127.0.0.1:{self.tcp_ports[name]}"] if self.tcp_ports else []),
             ],
             name=f"relay-{name}-{self._generation}",
         )
@@ -197,7 +209,10 @@ class FailoverLab:
     def agent(self, role: str) -> AgentProcess:
         """Start the ``provider`` or ``consumer`` agent (``--relay A,B``)."""
         pki = self.pki
-        relays = ",".join(f"127.0.0.1:{self.ports[n]}" for n in self.names)
+        relays = ",".join(
+            f"127.0.0.1:{self._dead_udp if n in self.hide_quic else self.ports[n]}"
+            for n in self.names
+        )
         args = [
             "--relay",
             relays,
@@ -215,6 +230,10 @@ class FailoverLab:
             "127.0.0.1:0",
             *self.agent_args,
         ]
+        if self.tcp_ports:
+            args += ["--relay-tcp", ",".join(f"127.0.0.1:{self.tcp_ports[n]}" for n in self.names)]
+        if role in self.transports:
+            args += ["--transport", self.transports[role]]
         if role == "provider":
             args += ["--expose", f"svc-sink=127.0.0.1:{self.sink.port}"]
             if not self._bound:  # the bind rule that lets the provider register
