@@ -46,6 +46,7 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
     "--relay",
     "relays",
     multiple=True,
+    envvar=["OUTRELAY_AGENT_RELAY", "OUTRELAY_AGENT_RELAYS"],
     default=("127.0.0.1:7443",),
     show_default=True,
     help="Relay QUIC HOST:PORT; comma-separated and/or repeated, tried in order.",
@@ -54,6 +55,7 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
     "--relay-tcp",
     "relays_tcp",
     multiple=True,
+    envvar=["OUTRELAY_AGENT_RELAY_TCP", "OUTRELAY_AGENT_RELAYS_TCP"],
     metavar="HOST:PORT",
     help="Relay TCP+TLS HOST:PORT (the relays' --listen-tcp), paired by position with "
     "--relay; comma-separated and/or repeated.",
