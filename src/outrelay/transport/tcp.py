@@ -39,6 +39,7 @@ from typing import Any
 from cryptography import x509
 
 from outrelay.mux import YamuxSession
+from outrelay.observe import kv
 from outrelay.transport import events as ev
 from outrelay.transport.config import TransportConfig
 from outrelay.transport.errors import (
@@ -562,7 +563,10 @@ class TcpServer:
             )
         except Exception as exc:  # ssl.SSLError, reset, handshake timeout
             self.refused += 1
-            log.info("transport: TCP handshake failed", extra={"peer": str(peer), "err": str(exc)})
+            log.info(
+                "transport: TCP handshake failed",
+                extra=kv(peer=str(peer), err=str(exc) or type(exc).__name__),
+            )
             raw.close()
             return
         if tls is None:  # pragma: no cover - only for a transport that cannot do TLS
@@ -574,7 +578,7 @@ class TcpServer:
             verified = _verify(tls, self.config, self._ca, is_client=False)
         except PeerVerificationError as exc:
             self.refused += 1
-            log.info("transport: TCP peer refused", extra={"peer": str(peer), "err": exc.reason})
+            log.info("transport: TCP peer refused", extra=kv(peer=str(peer), err=exc.reason))
             tls.abort()
             return
         if tls.is_closing():
