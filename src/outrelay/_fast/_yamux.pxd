@@ -6,59 +6,83 @@ from libc.stdint cimport int64_t, uint32_t
 
 cdef class _Stream:
     cdef uint32_t id
-    # send side: the peer's window for us, and what waits for it
-    cdef int64_t send_window
-    cdef list queue            # bytes chunks, sent from queue[q_head][q_off:]
+    # send side
+    cdef int64_t send_window     # bytes the peer lets us send
+    cdef list queue              # over-window bytes chunks; sent from queue[q_head][q_off:]
     cdef Py_ssize_t q_head
     cdef Py_ssize_t q_off
-    cdef int64_t buffered      # queued bytes not yet written out
-    cdef int64_t reported      # buffered at the last SendCapacityAvailable
-    cdef bint fin_queued
-    cdef bint fin_sent
-    cdef bint need_syn
-    cdef bint need_ack
-    cdef bint in_ready
-    cdef bint local_reset
-    # receive side, in bytes
-    cdef int64_t recv_window   # what the peer may still send
-    cdef int64_t unconsumed    # delivered, not yet granted back
-    cdef int64_t to_update     # granted, not yet announced by a WindowUpdate
-    cdef bint fin_recv
-    cdef bint remote_reset
-    cdef bint released
+    cdef int64_t queued          # bytes in queue
+    cdef bint fin_queued         # FIN asked for (sent once the queue is empty)
+    cdef bint send_done          # FIN framed or RST: nothing more goes out
+    cdef unsigned int hello      # SYN or ACK still to put on our first frame (0: done)
+    cdef int64_t extra           # receive window above 256 KiB still to announce
+    cdef int64_t drained         # bytes framed, not yet reported
+    cdef bint in_drained         # listed in the session's report order
+    # receive side
+    cdef int64_t recv_window     # bytes the peer may still send
+    cdef int64_t unconsumed      # delivered, not yet granted back
+    cdef int64_t pending         # granted, not yet announced in a WindowUpdate
+    cdef bint recv_done          # FIN or RST seen: nothing more arrives
+    cdef bint released           # the application reads no more
+    cdef bint ours               # we opened it
 
 
 cdef class YamuxSession:
-    cdef bint _client
-    cdef uint32_t _next_id
-    cdef int64_t _window
-    cdef Py_ssize_t _max_streams
+    cdef public bint client
+    cdef public int64_t window
+    cdef public Py_ssize_t max_streams
+    cdef public Py_ssize_t peer_max_streams
+    cdef public object reset_code
+    cdef public object pong
+    cdef int64_t _half
+    cdef int64_t _extra
     cdef dict _streams
-    cdef list _ready           # streams with something to write, in order
-    cdef bytearray _ctrl       # control frames written before the next data
-    cdef object _events        # collections.deque of events
+    cdef int64_t _next_id
+    cdef unsigned int _peer_parity
+    cdef int64_t _peer_max
+    cdef set _gaps
+    cdef Py_ssize_t _ours
+    cdef Py_ssize_t _theirs
+    cdef list _hello
+    cdef object _events          # collections.deque
+    cdef list _drained           # streams with bytes framed and not reported, in order
     cdef bint _closed
-    cdef bint _goaway_sent
-    cdef bint _goaway_recv
-    # one partial frame of the input: its header, then its payload so far
+    # receive parser: a cut header, and the rest of a Data payload
     cdef unsigned char _hdr[12]
     cdef Py_ssize_t _hdr_len
-    cdef object _partial       # bytes of the declared length, filled in place
-    cdef uint32_t _plen
+    cdef int64_t _left
+    cdef uint32_t _rx_id
+    cdef _Stream _rx
+    cdef bint _rx_fin
+    # output: header bytes in _hbuf, payload segments (object, offset, length)
+    # spliced in at recorded header positions; joined once by data_to_send
+    cdef unsigned char* _hbuf
+    cdef Py_ssize_t _hlen
+    cdef Py_ssize_t _hcap
+    cdef list _objs
+    cdef Py_ssize_t* _seg
+    cdef Py_ssize_t _nseg
+    cdef Py_ssize_t _segcap
+    cdef Py_ssize_t _ptotal
 
-    cdef int _feed(self, const unsigned char* p, Py_ssize_t n) except -1
-    cdef int _start_partial(self) except -1
-    cdef bint _check(self, const unsigned char* q) except -1
-    cdef int _frame(self, const unsigned char* q, const unsigned char* payload,
-                    object whole) except -1
-    cdef int _window_update(self, _Stream s, uint32_t delta) except -1
-    cdef int64_t _over_window(self, _Stream s) noexcept
-    cdef int64_t _sendable(self, _Stream s) noexcept
-    cdef int _copy_out(self, _Stream s, unsigned char* dst, int64_t take) except -1
-    cdef int _check_open(self) except -1
-    cdef _Stream _stream_for_send(self, object stream_id)
-    cdef int _maybe_update(self, _Stream s) except -1
-    cdef int _drop_queue(self, _Stream s) except -1
-    cdef int _forget_if_done(self, _Stream s) except -1
-    cdef int _protocol_error(self, str reason) except -1
-    cdef int _finish(self, long long code, str reason, bint by_us) except -1
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, object whole) except -1
+    cdef Py_ssize_t _header(self, const unsigned char* h, const unsigned char* p,
+                            Py_ssize_t pos, Py_ssize_t n, object whole) except -1
+    cdef Py_ssize_t _payload(self, const unsigned char* p, Py_ssize_t pos, Py_ssize_t n,
+                             object whole) except -1
+    cdef _Stream _unknown(self, uint32_t sid, unsigned int flags)
+    cdef unsigned int _greet(self, uint32_t sid, _Stream s) except? 0xFFFF
+    cdef int _flush_hello(self) except -1
+    cdef int _window_update(self, uint32_t sid, _Stream s, int64_t delta) except -1
+    cdef int _push(self, uint32_t sid, _Stream s) except -1
+    cdef int _add_drained(self, _Stream s, int64_t n) except -1
+    cdef int _peer_fin(self, uint32_t sid, _Stream s, object chunk) except -1
+    cdef int _peer_reset(self, uint32_t sid, _Stream s) except -1
+    cdef int _forget(self, uint32_t sid, _Stream s) except -1
+    cdef int _report(self) except -1
+    cdef int _fail(self, object exc) except -1
+    cdef int _finish(self, object code, str reason, bint by_us) except -1
+    cdef int _emit(self, unsigned int ftype, unsigned int flags, uint32_t sid,
+                   uint32_t length) except -1
+    cdef int _emit_payload(self, object obj, Py_ssize_t off, Py_ssize_t length) except -1
+    cdef void _clear_out(self) noexcept

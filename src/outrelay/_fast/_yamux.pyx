@@ -2,31 +2,35 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """yamux v0 session, compiled twin of ``outrelay.mux._session_py``.
 
-Same API, same events, same bytes out, same exceptions and messages; see
-the pure twin for the protocol rules. Why it is fast: headers are read and
-written with C integer ops on raw buffer pointers; a Data frame's payload is
-cut straight out of the fed buffer into its ``bytes`` (one copy; a frame
-split across feeds is filled in place into a ``bytes`` of its declared
-length, bounded by the receive window); per-stream state is a cdef class
-with C integers; ``data_to_send`` sizes its output first and writes every
-header and payload into one ``bytes`` (one copy of each payload).
+Same API, same events, same bytes out, same exceptions and messages: this
+module follows the pure twin step for step (read that one for how the
+protocol works); only the data structures differ. Why it is fast:
+
+* headers are read and written with C integer ops on raw pointers, and the
+  per-stream state is a cdef class of C integers;
+* a Data payload is cut straight out of the fed buffer into the event's
+  ``bytes`` (one copy; none when one feed is exactly one payload piece);
+* outgoing headers go into one C buffer and payloads are kept by reference
+  (object, offset, length) with the header position they follow, so
+  ``data_to_send`` allocates one ``bytes`` and copies every payload once;
+  nothing is copied or allocated per frame before that.
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
-    PyBytes_CheckExact,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport int64_t, uint32_t
 from libc.string cimport memcpy
 
 __all__ = ["YamuxSession", "decode_header", "encode_header"]
 
+# The wire constants, as C values; checked against outrelay.mux.constants at
+# import (the bottom of this module), so the twins cannot drift apart.
 cdef enum:
     _HEADER_SIZE = 12
     _VERSION = 0
@@ -34,28 +38,22 @@ cdef enum:
     _T_WINDOW = 1
     _T_PING = 2
     _T_GOAWAY = 3
+    _MAX_TYPE = 3
     _F_SYN = 1
     _F_ACK = 2
     _F_FIN = 4
     _F_RST = 8
     _GOAWAY_NORMAL = 0
-    _GOAWAY_PROTOCOL = 1
     _GOAWAY_INTERNAL = 2
+    _INITIAL_WINDOW = 256 * 1024
+    _MAX_DATA_FRAME = 64 * 1024
+    _PEER_MAX_STREAMS = 1024
 
 cdef int64_t _MAX_U32 = 0xFFFFFFFF
+cdef long long _LLONG_MAX = 0x7FFFFFFFFFFFFFFF
 
 
 # -- C helpers ---------------------------------------------------------------
-
-cdef inline long long _as_int(object o) except? -1:
-    # operator.index semantics; a value too big for C comes back as -1, which
-    # every caller treats as out of range.
-    cdef int overflow = 0
-    cdef long long v = PyLong_AsLongLongAndOverflow(o, &overflow)
-    if overflow:
-        return -1
-    return v
-
 
 cdef inline unsigned int _be16(const unsigned char* q) noexcept:
     return (<unsigned int>q[0] << 8) | q[1]
@@ -83,59 +81,55 @@ cdef inline void _write_header(unsigned char* q, unsigned int ftype, unsigned in
     _put32(q + 8, length)
 
 
-cdef inline void _append_header(bytearray out, unsigned int ftype, unsigned int flags,
-                                uint32_t stream_id, uint32_t length):
-    cdef unsigned char h[_HEADER_SIZE]
-    _write_header(h, ftype, flags, stream_id, length)
-    out.extend((<char*>h)[:_HEADER_SIZE])
+cdef inline bint _small_int(object o, long long lo, long long hi) noexcept:
+    # An exact int in lo..hi (the fast path); anything else takes the pure twin's.
+    cdef int overflow = 0
+    cdef long long v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &overflow)
+    return not overflow and lo <= v <= hi
 
 
 # -- headers -----------------------------------------------------------------
 
-def encode_header(ftype, flags, stream_id, length):
-    """Return the 12-byte header of one frame (version 0).
+def encode_header(frame_type, flags, stream_id, length):
+    """The 12-byte header of one frame.
 
-    Raises ValueError (a field out of its range: type 0..255, flags
-    0..0xFFFF, stream id and length 0..2**32-1), TypeError (not an integer).
+    Raises:
+        ValueError: a field is out of range (type 0..3, flags 16 bits, stream
+            id and length 32 bits).
     """
-    cdef long long t = _as_int(ftype)
-    cdef long long f = _as_int(flags)
-    cdef long long s = _as_int(stream_id)
-    cdef long long n = _as_int(length)
-    if t < 0 or t > 0xFF:
-        raise _bad_field("type", _index(ftype))
-    if f < 0 or f > 0xFFFF:
-        raise _bad_field("flags", _index(flags))
-    if s < 0 or s > _MAX_U32:
-        raise _bad_field("stream id", _index(stream_id))
-    if n < 0 or n > _MAX_U32:
-        raise _bad_field("length", _index(length))
+    if not (_small_int(frame_type, 0, _MAX_TYPE) and _small_int(flags, 0, 0xFFFF)
+            and _small_int(stream_id, 0, _MAX_U32) and _small_int(length, 0, _MAX_U32)):
+        return _py.encode_header(frame_type, flags, stream_id, length)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER_SIZE)
-    _write_header(<unsigned char*>PyBytes_AS_STRING(out), <unsigned int>t, <unsigned int>f,
-                  <uint32_t>s, <uint32_t>n)
+    _write_header(<unsigned char*>PyBytes_AS_STRING(out), <unsigned int>frame_type,
+                  <unsigned int>flags, <uint32_t>stream_id, <uint32_t>length)
     return out
 
 
-cdef inline tuple _decode(const unsigned char* q, Py_ssize_t n):
-    if n < _HEADER_SIZE:
-        raise _short_header(n)
-    return (<int>q[0], <int>q[1], <int>_be16(q + 2), <long long>_be32(q + 4),
-            <long long>_be32(q + 8))
+def decode_header(data, offset=0):
+    """``(type, flags, stream_id, length)`` of the header at ``offset``.
 
-
-def decode_header(buf):
-    """Parse the first 12 bytes of ``buf`` into ``(version, type, flags, stream_id, length)``.
-
-    Raises ShortHeader (fewer than 12 bytes), TypeError (not bytes-like).
+    Raises:
+        ShortHeader: fewer than 12 bytes from ``offset``.
+        InvalidVersion: the version byte is not 0.
+        InvalidType: the type byte is above 3.
     """
-    cdef Py_buffer view
-    if PyBytes_CheckExact(buf):
-        return _decode(<const unsigned char*>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf))
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-    try:
-        return _decode(<const unsigned char*>view.buf, view.len)
-    finally:
-        PyBuffer_Release(&view)
+    cdef Py_ssize_t off
+    cdef const unsigned char* q
+    if type(data) is not bytes or type(offset) is not int:
+        return _py.decode_header(data, offset)
+    off = offset
+    if off < 0 or PyBytes_GET_SIZE(data) - off < _HEADER_SIZE:
+        return _py.decode_header(data, offset)  # raises ShortHeader
+    q = <const unsigned char*>PyBytes_AS_STRING(data) + off
+    if q[0] != _VERSION:
+        raise InvalidVersion(f"yamux: unsupported version {q[0]}")
+    if q[1] > _MAX_TYPE:
+        raise InvalidType(f"yamux: unknown frame type {q[1]}")
+    return (<int>q[1], <int>_be16(q + 2), <long long>_be32(q + 4), <long long>_be32(q + 8))
 
 
 # -- per-stream state ----------------------------------------------------------
@@ -143,525 +137,741 @@ def decode_header(buf):
 @cython.final
 @cython.freelist(64)
 cdef class _Stream:
-    """One stream's windows and queue (internal)."""
-
-    def __cinit__(self):
-        self.queue = []
+    """State of one stream; dropped once both directions are over (internal)."""
 
 
-cdef inline _Stream _new_stream(uint32_t stream_id, int64_t window):
+cdef inline _Stream _new_stream(uint32_t sid, unsigned int hello, int64_t extra, bint ours):
     cdef _Stream s = _Stream.__new__(_Stream)
-    s.id = stream_id
-    s.send_window = window
-    s.recv_window = window
+    s.id = sid
+    s.send_window = _INITIAL_WINDOW
+    s.queue = []
+    s.hello = hello
+    s.extra = extra
+    s.recv_window = _INITIAL_WINDOW
+    s.ours = ours
     return s
 
 
-cdef inline bint _fin_due(_Stream s, int64_t take) noexcept:
-    # FIN rides on the frame that carries the last queued byte (or alone).
-    return (s.fin_queued and not s.fin_sent and not s.local_reset and not s.remote_reset
-            and take == s.buffered)
+cdef inline bint _queue_empty(_Stream s) noexcept:
+    return s.queued == 0
 
 
 # -- session -------------------------------------------------------------------
 
 cdef class YamuxSession:
-    """A sans-IO yamux v0 session; see ``outrelay.mux._session_py`` for the rules."""
+    """One yamux session over a reliable byte stream (TLS over TCP).
 
-    def __cinit__(self):
+    ``client`` picks the stream-id parity (odd for the dialer). ``window`` is
+    the receive window we offer each stream (at least 256 KiB, the yamux
+    initial window; more is announced on the stream's first frame).
+    ``max_streams`` bounds the streams the peer may have open at once; a SYN
+    beyond it is answered with RST.
+
+    Raises:
+        ValueError: ``window`` below 256 KiB or above 2**32-1, ``max_streams`` < 1.
+    """
+
+    def __cinit__(self, *args, **kwargs):
         self._streams = {}
-        self._ready = []
-        self._ctrl = bytearray()
+        self._gaps = set()
+        self._hello = []
         self._events = _deque()
-        self._partial = None
+        self._drained = []
+        self._objs = []
+        self._hbuf = NULL
+        self._seg = NULL
 
-    def __init__(self, *, client, window=256 * 1024, max_streams=1024):
-        cdef long long w = _as_int(window)
-        cdef long long m = _as_int(max_streams)
-        if w < 1 or w > _MAX_U32:
-            raise _bad_field("window", _index(window))
-        if m < 0:
-            raise _bad_field("max_streams", _index(max_streams))
-        self._client = bool(client)
-        self._next_id = 1 if self._client else 2
-        self._window = w
-        self._max_streams = <Py_ssize_t>m
+    def __dealloc__(self):
+        PyMem_Free(self._hbuf)
+        PyMem_Free(self._seg)
+        self._hbuf = NULL
+        self._seg = NULL
+
+    def __init__(self, *, client, window=_INITIAL_WINDOW, max_streams=1024):
+        if not _INITIAL_WINDOW <= window <= _MAX_U32:
+            raise ValueError(f"yamux: window must be {_INITIAL_WINDOW}..{_MAX_U32}, not {window}")
+        if max_streams < 1:
+            raise ValueError(f"yamux: max_streams must be >= 1, not {max_streams}")
+        self.client = client
+        self.window = window
+        self.max_streams = max_streams
+        self.peer_max_streams = _PEER_MAX_STREAMS
+        self.reset_code = _RESET_CODE
+        self.pong = None
+        self._half = self.window // 2
+        self._extra = self.window - _INITIAL_WINDOW
+        self._next_id = 1 if self.client else 2
+        self._peer_parity = 0 if self.client else 1
+        self._peer_max = -1 if self._peer_parity else 0
 
     def __reduce_ex__(self, protocol):
-        raise TypeError("cannot pickle or copy a YamuxSession")
+        raise TypeError(f"cannot pickle or copy {type(self).__name__!r} object")
 
-    # -- properties --------------------------------------------------------
+    # -- sans-IO driving --------------------------------------------------
+
+    def receive_data(self, data):
+        """Feed bytes read from the byte stream (any cut, in order)."""
+        if self._closed or not data:
+            return None
+        if type(data) is not bytes:
+            data = bytes(data)
+        try:
+            self._feed(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                       data)
+        except ProtocolError as exc:
+            self._fail(exc)
+        return None
+
+    def data_to_send(self):
+        """Everything pending for the byte stream (``b""`` if nothing)."""
+        if self._hello:
+            self._flush_hello()
+        cdef Py_ssize_t total = self._hlen + self._ptotal
+        if total == 0:
+            return b""
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+        cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+        cdef Py_ssize_t h = 0
+        cdef Py_ssize_t i, at, off, length
+        cdef Py_ssize_t* seg = self._seg
+        cdef list objs = self._objs
+        for i in range(self._nseg):
+            at = seg[3 * i]
+            off = seg[3 * i + 1]
+            length = seg[3 * i + 2]
+            if at > h:
+                memcpy(dst, self._hbuf + h, at - h)
+                dst += at - h
+                h = at
+            memcpy(dst, PyBytes_AS_STRING(<bytes>objs[i]) + off, length)
+            dst += length
+        if self._hlen > h:
+            memcpy(dst, self._hbuf + h, self._hlen - h)
+        self._clear_out()
+        return out
+
+    def next_event(self):
+        """The next event, or ``None``."""
+        events = self._events
+        if not events:
+            if not self._drained:
+                return None
+            self._report()
+            if not events:
+                return None
+        return events.popleft()
+
+    def connection_lost(self, reason="connection lost"):
+        """The byte stream ended (EOF or error): the session is over."""
+        self._finish(_GOAWAY_NORMAL, reason, False)
+
+    # -- application API --------------------------------------------------
 
     @property
     def closed(self):
-        """True once ConnectionClosed was emitted."""
+        """True once :class:`ConnectionClosed` was queued."""
         return self._closed
 
-    # -- input -------------------------------------------------------------
-
-    def receive_data(self, data):
-        """Feed bytes read from the byte stream (TLS); events come out of next_event."""
-        cdef Py_buffer view
-        if self._closed:
-            return None
-        if PyBytes_CheckExact(data):
-            self._feed(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-            return None
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            self._feed(<const unsigned char*>view.buf, view.len)
-        finally:
-            PyBuffer_Release(&view)
-        return None
-
-    def next_event(self):
-        """The next event, or None."""
-        if self._events:
-            return self._events.popleft()
-        return None
-
-    cdef int _feed(self, const unsigned char* p, Py_ssize_t n) except -1:
-        cdef Py_ssize_t pos = 0
-        cdef Py_ssize_t take
-        cdef uint32_t length
-        cdef const unsigned char* q
-        cdef object payload
-        if self._hdr_len:
-            # Complete the pending frame first.
-            if self._hdr_len < _HEADER_SIZE:
-                take = min(_HEADER_SIZE - self._hdr_len, n)
-                memcpy(self._hdr + self._hdr_len, p, take)
-                self._hdr_len += take
-                pos = take
-                if self._hdr_len < _HEADER_SIZE:
-                    return 0
-                if not self._check(self._hdr):
-                    return 0
-                self._start_partial()
-            length = _be32(self._hdr + 8) if self._hdr[1] == _T_DATA else 0
-            take = min(<Py_ssize_t>(length - self._plen), n - pos)
-            if take:
-                memcpy(PyBytes_AS_STRING(self._partial) + self._plen, p + pos, take)
-                self._plen += take
-                pos += take
-            if self._plen < length:
-                return 0
-            payload = self._partial
-            self._partial = None
-            self._hdr_len = 0
-            self._frame(self._hdr, NULL, payload)
-            if self._closed:
-                return 0
-        while n - pos >= _HEADER_SIZE:
-            q = p + pos
-            if not self._check(q):
-                return 0
-            length = _be32(q + 8) if q[1] == _T_DATA else 0
-            if <Py_ssize_t>length > n - pos - _HEADER_SIZE:
-                break
-            self._frame(q, q + _HEADER_SIZE, None)
-            if self._closed:
-                return 0
-            pos += _HEADER_SIZE + length
-        if pos < n:
-            # The start of the next frame: keep it as the one partial frame.
-            take = min(<Py_ssize_t>_HEADER_SIZE, n - pos)
-            memcpy(self._hdr, p + pos, take)
-            self._hdr_len = take
-            pos += take
-            if take == _HEADER_SIZE:
-                # A Data frame cut inside its payload (already checked above).
-                self._start_partial()
-                take = n - pos
-                memcpy(PyBytes_AS_STRING(self._partial), p + pos, take)
-                self._plen = <uint32_t>take
-        return 0
-
-    cdef int _start_partial(self) except -1:
-        # The payload of the pending Data frame, filled in place as it arrives;
-        # its length was checked against the window, so memory stays bounded.
-        self._plen = 0
-        if self._hdr[1] == _T_DATA:
-            self._partial = PyBytes_FromStringAndSize(NULL, _be32(self._hdr + 8))
-        else:
-            self._partial = None
-        return 0
-
-    cdef bint _check(self, const unsigned char* q) except -1:
-        # Header checks that do not need the payload; False: the session closed.
-        if q[0] != _VERSION:
-            self._protocol_error(f"yamux: unsupported version {q[0]}")
-            return False
-        if q[1] > _T_GOAWAY:
-            self._protocol_error(f"yamux: unknown frame type {q[1]}")
-            return False
-        if q[1] == _T_DATA and _be32(q + 8) > self._window:
-            self._protocol_error(
-                f"yamux: data frame of {_be32(q + 8)} bytes exceeds the window on stream "
-                f"{_be32(q + 4)}"
-            )
-            return False
-        return True
-
-    cdef int _frame(self, const unsigned char* q, const unsigned char* payload,
-                    object whole) except -1:
-        # ``whole``: the payload as a complete bytes object (a frame that was
-        # split across feeds), else ``payload`` points into the fed buffer.
-        cdef unsigned int ftype = q[1]
-        cdef unsigned int flags = _be16(q + 2)
-        cdef uint32_t sid = _be32(q + 4)
-        cdef uint32_t length = _be32(q + 8)
-        if ftype == _T_PING:
-            if flags & _F_SYN:
-                _append_header(self._ctrl, _T_PING, _F_ACK, 0, length)
-            return 0
-        if ftype == _T_GOAWAY:
-            self._goaway_recv = True
-            self._finish(length, f"yamux: peer sent GoAway ({_goaway_label(length)})", False)
-            return 0
-        cdef _Stream s = self._streams.get(sid)
-        if flags & _F_SYN:
-            if s is not None:
-                self._protocol_error(f"yamux: duplicate SYN for stream {sid}")
-                return 0
-            if sid == 0 or (sid & 1) == (1 if self._client else 0):
-                self._protocol_error(f"yamux: peer opened stream {sid} with our parity")
-                return 0
-            if len(self._streams) >= self._max_streams or self._goaway_sent:
-                _append_header(self._ctrl, _T_WINDOW, _F_RST, sid, 0)
-                return 0
-            s = _new_stream(sid, self._window)
-            self._streams[sid] = s
-            _append_header(self._ctrl, _T_WINDOW, _F_ACK, sid, 0)
-        elif s is None:
-            return 0  # a stream we already forgot (reset or finished): drop it
-        if ftype == _T_WINDOW:
-            if length:
-                self._window_update(s, length)
-        elif length:
-            if length > s.recv_window:
-                self._protocol_error(
-                    f"yamux: stream {sid} sent {length} bytes over a window of {s.recv_window}"
-                )
-                return 0
-            s.recv_window -= length
-            if s.released:
-                s.to_update += length
-                self._maybe_update(s)
-            else:
-                s.unconsumed += length
-            if not s.fin_recv and not s.remote_reset:
-                if whole is None:
-                    whole = PyBytes_FromStringAndSize(<const char*>payload, length)
-                self._events.append(StreamDataReceived(sid, whole, bool(flags & _F_FIN)))
-        elif flags & _F_FIN and not s.fin_recv and not s.remote_reset:
-            self._events.append(StreamDataReceived(sid, b"", True))
-        if flags & _F_FIN:
-            s.fin_recv = True
-        if flags & _F_RST:
-            if not s.remote_reset:
-                s.remote_reset = True
-                self._drop_queue(s)
-                self._events.append(StreamReset(sid, 0))
-        self._forget_if_done(s)
-        return 0
-
-    cdef int _window_update(self, _Stream s, uint32_t delta) except -1:
-        cdef int64_t before = self._over_window(s)
-        s.send_window += delta
-        cdef int64_t after = self._over_window(s)
-        if s.buffered > 0 and not s.in_ready and not s.local_reset:
-            s.in_ready = True
-            self._ready.append(s)
-        if after < before:
-            self._events.append(SendCapacityAvailable(s.id, before - after, after))
-        return 0
-
-    cdef int64_t _over_window(self, _Stream s) noexcept:
-        cdef int64_t over = s.buffered - s.send_window
-        return over if over > 0 else 0
-
-    # -- application API -----------------------------------------------------
-
     def open_stream(self):
-        """Open a stream (SYN) and return its id: client odd 1, 3, ...; server even.
+        """Open a stream and return its id; the SYN rides on its first frame.
 
-        Raises ConnectionClosedError (the session is closing or closed),
-        StreamLimitError (max_streams reached, or the id space is used up).
+        Raises:
+            ConnectionClosedError: the session is closed.
+            StreamsExhausted: no stream id is left on our side.
         """
-        self._check_open()
-        if len(self._streams) >= self._max_streams or self._next_id > _MAX_U32 - 1:
-            raise _too_many(self._max_streams)
-        cdef uint32_t sid = self._next_id
-        self._next_id += 2
-        self._streams[sid] = _new_stream(sid, self._window)
-        _append_header(self._ctrl, _T_WINDOW, _F_SYN, sid, 0)
-        return sid
+        if self._closed:
+            raise ConnectionClosedError("connection is closed")
+        cdef int64_t sid = self._next_id
+        if sid > _MAX_U32:
+            raise StreamsExhausted("yamux: stream ids exhausted")
+        self._next_id = sid + 2
+        key = sid
+        self._streams[key] = _new_stream(<uint32_t>sid, _F_SYN, self._extra, True)
+        self._ours += 1
+        self._hello.append(key)
+        return key
 
     def streams_available(self):
-        """Streams open_stream can still open (0 once closed)."""
-        if self._closed or self._goaway_recv:
+        """Streams :meth:`open_stream` can open within what the peer is assumed to accept."""
+        if self._closed:
             return 0
-        cdef Py_ssize_t left = self._max_streams - len(self._streams)
+        cdef int64_t ids_left = (
+            (_MAX_U32 - self._next_id) // 2 + 1 if self._next_id <= _MAX_U32 else 0
+        )
+        cdef int64_t left = self.peer_max_streams - self._ours
+        if ids_left < left:
+            left = ids_left
         return left if left > 0 else 0
 
     def send(self, stream_id, data, end_stream=False):
-        """Queue data (and optionally FIN); it goes out within the peer's window.
+        """Queue ``data`` (and FIN if ``end_stream``); never blocks, never refuses.
 
-        Raises ConnectionClosedError, StreamClosedError (unknown stream, our side
-        reset or finished, or the peer reset it).
+        What fits in the peer's window is framed at once, the rest waits for a
+        WindowUpdate (:meth:`send_buffered`, :class:`SendCapacityAvailable`).
+
+        Raises:
+            ConnectionClosedError: the session is closed.
+            StreamClosedError: unknown stream, or our side was reset or finished.
         """
-        self._check_open()
-        cdef _Stream s = self._stream_for_send(stream_id)
-        if not PyBytes_CheckExact(data):
+        if self._closed:
+            raise ConnectionClosedError("connection is closed")
+        cdef _Stream s = self._streams.get(stream_id)
+        if s is None or s.fin_queued or s.send_done:
+            raise StreamClosedError(f"stream {stream_id}: sending side is closed")
+        if type(data) is not bytes:
             data = bytes(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef bint fin = end_stream
+        cdef unsigned int flags
+        cdef uint32_t sid = s.id
+        if s.queued == 0 and n <= s.send_window and n <= _MAX_DATA_FRAME:
+            if n:
+                flags = self._greet(sid, s) if s.hello else 0
+                if fin:
+                    flags |= _F_FIN
+                self._emit(_T_DATA, flags, sid, <uint32_t>n)
+                self._emit_payload(data, 0, n)
+                s.send_window -= n
+                self._add_drained(s, n)
+            elif fin:
+                flags = self._greet(sid, s) if s.hello else 0
+                self._emit(_T_WINDOW, flags | _F_FIN, sid, 0)
+            else:
+                return None
+            if fin:
+                s.fin_queued = True
+                s.send_done = True
+                if s.recv_done:
+                    self._forget(sid, s)
+            return None
         if n:
             s.queue.append(data)
-            s.buffered += n
-        if end_stream:
+            s.queued += n
+        if fin:
             s.fin_queued = True
-        if (n or end_stream) and not s.in_ready:
-            s.in_ready = True
-            self._ready.append(s)
+        self._push(sid, s)
 
     def send_buffered(self, stream_id):
-        """Bytes queued on the stream beyond the peer's window (not yet sendable)."""
+        """Bytes queued on ``stream_id`` beyond the peer's window, not yet framed."""
         cdef _Stream s = self._streams.get(stream_id)
-        if s is None:
-            return 0
-        return self._over_window(s)
+        return 0 if s is None else s.queued
 
     def grant(self, stream_id, n):
-        """The application consumed ``n`` bytes: return them to the peer's window.
+        """Report ``n`` bytes of ``stream_id`` consumed; the peer may send that much more.
 
-        Clamped to what was delivered and not granted; returns the bytes
-        granted. The WindowUpdate goes out once half a window has built up.
+        Clamped to what was delivered and not yet granted; returns the bytes
+        granted. The WindowUpdate goes out once half a window is pending.
         """
         cdef _Stream s = self._streams.get(stream_id)
-        cdef long long k = _as_int(n)
-        if s is None or s.released or k <= 0:
+        cdef int overflow = 0
+        cdef long long k
+        if s is None or s.released or n <= 0:
             return 0
+        k = PyLong_AsLongLongAndOverflow(n, &overflow)
+        if overflow:
+            k = _LLONG_MAX
         if k > s.unconsumed:
             k = s.unconsumed
-        if k > 0:
-            s.unconsumed -= k
-            s.to_update += k
-            self._maybe_update(s)
-            self._forget_if_done(s)
+            if k <= 0:
+                return 0
+        s.unconsumed -= k
+        cdef int64_t pending = s.pending + k
+        if pending >= self._half and not s.recv_done:
+            self._window_update(s.id, s, pending)
+        else:
+            s.pending = pending
         return k
 
+    def unconsumed(self, stream_id):
+        """Bytes delivered on ``stream_id`` and not yet granted back."""
+        cdef _Stream s = self._streams.get(stream_id)
+        return 0 if s is None or s.released else s.unconsumed
+
     def release(self, stream_id):
-        """Stop reading the stream: its window is returned to the peer, now and later."""
+        """Stop reading ``stream_id``: its data is dropped and credited back, now and later."""
         cdef _Stream s = self._streams.get(stream_id)
         if s is None or s.released:
             return None
         s.released = True
-        s.to_update += s.unconsumed
+        cdef int64_t pending = s.pending + s.unconsumed
         s.unconsumed = 0
-        self._maybe_update(s)
-        self._forget_if_done(s)
+        if pending >= self._half and not s.recv_done and not self._closed:
+            self._window_update(s.id, s, pending)
+        else:
+            s.pending = pending
 
     def reset_stream(self, stream_id, error_code):
-        """Abort the stream (RST: yamux resets both directions); queued data is dropped."""
+        """Abort the stream with RST (yamux: both directions; no code on the wire).
+
+        Queued data is dropped. If the receive side was still open, a
+        :class:`StreamReset` with ``error_code`` reports its end.
+        """
         if self._closed:
             return None
         cdef _Stream s = self._streams.get(stream_id)
-        if s is None or s.local_reset:
+        if s is None:
             return None
-        s.local_reset = True
-        self._drop_queue(s)
-        _append_header(self._ctrl, _T_WINDOW, _F_RST, s.id, 0)
-        self._streams.pop(s.id, None)
+        if s.hello != _F_SYN:  # a stream never announced needs no RST
+            self._emit(_T_WINDOW, _F_RST | s.hello, s.id, 0)
+        s.hello = 0
+        if s.in_drained:
+            s.in_drained = False
+            s.drained = 0
+        if not s.recv_done:
+            self._events.append(StreamReset(stream_id, error_code))
+        self._forget(s.id, s)
 
     def stop_stream(self, stream_id, error_code):
-        """Stop reading the stream; yamux has no STOP_SENDING, so it is reset (RST)."""
+        """Stop reading and abort: yamux has no STOP_SENDING, so this is :meth:`reset_stream`."""
         self.reset_stream(stream_id, error_code)
 
     def close(self, code=0, reason=""):
-        """Send GoAway and end the session (ConnectionClosed, by us)."""
+        """Send GoAway and end the session (one :class:`ConnectionClosed`).
+
+        ``code`` 0, 1 or 2 goes on the wire as is; any other code as 2
+        (internal error). The event carries ``code`` and ``reason``.
+        """
         if self._closed:
             return None
-        cdef long long c = _as_int(code)
-        if c < 0 or c > _MAX_U32:
-            c = _GOAWAY_INTERNAL
-        _append_header(self._ctrl, _T_GOAWAY, 0, 0, <uint32_t>c)
-        self._goaway_sent = True
-        self._finish(c, reason, True)
+        wire = code if 0 <= code <= _GOAWAY_INTERNAL else _GOAWAY_INTERNAL
+        self._emit(_T_GOAWAY, 0, 0, <uint32_t>wire)
+        self._finish(code, reason, True)
 
-    # -- output ----------------------------------------------------------------
+    def ping(self, value):
+        """Send a Ping; the peer's answer sets :attr:`pong` to ``value``.
 
-    def data_to_send(self):
-        """Everything pending for the byte stream as one bytes object (b"" if none)."""
-        cdef Py_ssize_t total = PyByteArray_GET_SIZE(self._ctrl)
-        cdef Py_ssize_t i, k
+        Raises:
+            ConnectionClosedError: the session is closed.
+            ValueError: ``value`` is not a u32.
+        """
+        if self._closed:
+            raise ConnectionClosedError("connection is closed")
+        if not 0 <= value <= _MAX_U32:
+            raise ValueError(f"yamux: ping value out of range: {value}")
+        self._emit(_T_PING, _F_SYN, 0, <uint32_t>value)
+
+    # -- receive -----------------------------------------------------------
+
+    cdef int _feed(self, const unsigned char* p, Py_ssize_t n, object whole) except -1:
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t take
+        if self._left:
+            pos = self._payload(p, 0, n, whole)
+        if self._hdr_len and pos < n:
+            # complete the cut header, then handle its frame
+            take = _HEADER_SIZE - self._hdr_len
+            if take > n - pos:
+                take = n - pos
+            memcpy(self._hdr + self._hdr_len, p + pos, take)
+            self._hdr_len += take
+            pos += take
+            if self._hdr_len < _HEADER_SIZE:
+                return 0
+            self._hdr_len = 0
+            pos = self._header(self._hdr, p, pos, n, None)
+            if self._closed:
+                return 0
+        while pos < n:
+            if n - pos < _HEADER_SIZE:
+                memcpy(self._hdr, p + pos, n - pos)
+                self._hdr_len = n - pos
+                return 0
+            pos = self._header(p + pos, p, pos + _HEADER_SIZE, n, None)
+            if self._closed:
+                return 0
+        return 0
+
+    cdef Py_ssize_t _header(self, const unsigned char* h, const unsigned char* p,
+                            Py_ssize_t pos, Py_ssize_t n, object whole) except -1:
+        # One frame whose header is ``h``; its payload (Data) starts at p[pos].
+        cdef unsigned int kind = h[1]
+        cdef unsigned int flags = _be16(h + 2)
+        cdef uint32_t sid = _be32(h + 4)
+        cdef uint32_t length = _be32(h + 8)
         cdef _Stream s
-        cdef int64_t take
-        cdef list ready = self._ready
-        cdef Py_ssize_t nready = len(ready)
-        if nready == 0:
-            if total == 0:
-                return b""
-            out = bytes(self._ctrl)
-            del self._ctrl[:]
-            return out
-        # Size first: one frame per ready stream.
-        for i in range(nready):
-            s = <_Stream>ready[i]
-            take = self._sendable(s)
-            if take or _fin_due(s, take):
-                total += _HEADER_SIZE + take
-        if total == 0:
-            return b""
-        cdef bytes out_b = PyBytes_FromStringAndSize(NULL, total)
-        cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out_b)
-        cdef Py_ssize_t ctrl_n = PyByteArray_GET_SIZE(self._ctrl)
-        if ctrl_n:
-            memcpy(dst, PyByteArray_AS_STRING(self._ctrl), ctrl_n)
-            del self._ctrl[:]
-        dst += ctrl_n
-        cdef list keep = []
-        cdef unsigned int flags
-        for i in range(nready):
-            s = <_Stream>ready[i]
-            take = self._sendable(s)
-            flags = 0
-            if _fin_due(s, take):
-                flags = _F_FIN
-            elif not take:
-                s.in_ready = False
-                continue
-            _write_header(dst, _T_DATA, flags, s.id, <uint32_t>take)
-            dst += _HEADER_SIZE
-            self._copy_out(s, dst, take)
-            dst += take
-            s.send_window -= take
-            if flags:
-                s.fin_sent = True
-            if s.buffered and s.send_window > 0:
-                keep.append(s)
-            else:
-                s.in_ready = False
-            self._forget_if_done(s)
-        self._ready = keep
-        return out_b
+        cdef int64_t window
+        if h[0] != _VERSION:
+            raise InvalidVersion(f"yamux: unsupported version {h[0]}")
+        if kind == _T_DATA:
+            s = self._streams.get(sid)
+            if s is None or flags & _F_SYN:
+                s = self._unknown(sid, flags)
+            if s is not None and flags & _F_RST:
+                self._peer_reset(sid, s)
+                s = None
+            if s is not None:
+                if length:
+                    if s.recv_done:
+                        raise StreamClosedByPeer(f"yamux: data on stream {sid} after FIN")
+                    if length > s.recv_window:
+                        raise WindowExceeded(
+                            f"yamux: stream {sid}: {length} bytes over a window"
+                            f" of {s.recv_window}"
+                        )
+                    s.recv_window -= length
+                elif flags & _F_FIN:
+                    self._peer_fin(sid, s, b"")
+            if length:
+                self._left = length
+                self._rx_id = sid
+                self._rx = s
+                self._rx_fin = (flags & _F_FIN) != 0
+                if pos < n:
+                    pos = self._payload(p, pos, n, whole)
+        elif kind == _T_WINDOW:
+            s = self._streams.get(sid)
+            if s is None or flags & _F_SYN:
+                s = self._unknown(sid, flags)
+            if s is None:
+                return pos
+            if flags & _F_RST:
+                self._peer_reset(sid, s)
+                return pos
+            if length:
+                window = s.send_window + length
+                if window > _MAX_U32:
+                    raise WindowExceeded(f"yamux: stream {sid}: send window over 2**32-1")
+                s.send_window = window
+                if s.queued or s.fin_queued and not s.send_done:
+                    self._push(sid, s)
+            if flags & _F_FIN:
+                if s.recv_done:
+                    raise StreamClosedByPeer(f"yamux: second FIN on stream {sid}")
+                self._peer_fin(sid, s, b"")
+        elif kind == _T_PING:
+            if sid != 0:
+                raise InvalidStreamId(f"yamux: Ping on stream {sid}")
+            if flags & _F_SYN:
+                self._emit(_T_PING, _F_ACK, 0, length)
+            elif flags & _F_ACK:
+                self.pong = length
+        elif kind == _T_GOAWAY:
+            if sid != 0:
+                raise InvalidStreamId(f"yamux: GoAway on stream {sid}")
+            name = _GOAWAY_NAMES.get(length, f"code {length}")
+            self._finish(length, f"peer sent GoAway ({name})", False)
+        else:
+            raise InvalidType(f"yamux: unknown frame type {kind}")
+        return pos
 
-    cdef int64_t _sendable(self, _Stream s) noexcept:
-        if s.local_reset:
+    cdef Py_ssize_t _payload(self, const unsigned char* p, Py_ssize_t pos, Py_ssize_t n,
+                             object whole) except -1:
+        # Consume the current Data payload from p[pos:n]; return the new pos.
+        cdef int64_t left = self._left
+        cdef Py_ssize_t take = n - pos
+        if take > left:
+            take = <Py_ssize_t>left
+        left -= take
+        self._left = left
+        cdef _Stream s = self._rx
+        if s is None or self._closed:
+            return pos + take
+        cdef uint32_t sid = self._rx_id
+        cdef bint fin = self._rx_fin and not left
+        if s.released:
+            s.pending += take
+            if fin:
+                s.recv_done = True
+                if s.send_done:
+                    self._forget(sid, s)
+            elif s.pending >= self._half and not s.recv_done:
+                self._window_update(sid, s, s.pending)
+            return pos + take
+        if whole is not None and take == n and pos == 0:
+            chunk = whole
+        else:
+            chunk = PyBytes_FromStringAndSize(<const char*>p + pos, take)
+        s.unconsumed += take
+        if fin:
+            self._peer_fin(sid, s, chunk)
+        else:
+            self._events.append(StreamDataReceived(sid, chunk, False))
+        return pos + take
+
+    cdef _Stream _unknown(self, uint32_t sid, unsigned int flags):
+        # A frame with SYN, or for a stream not in the table: the stream, or
+        # None to ignore the frame (a stream that ended, or refused).
+        if sid == 0:
+            raise InvalidStreamId("yamux: stream frame on stream 0")
+        cdef bint peer_id = (sid & 1) == self._peer_parity
+        if not flags & _F_SYN:
+            if peer_id:
+                if sid <= self._peer_max and sid not in self._gaps:
+                    return None  # a stream that ended: late frames are dropped
+            elif sid < self._next_id:
+                return None
+            raise InvalidStreamId(f"yamux: frame for stream {sid}, never opened")
+        if not peer_id:
+            raise InvalidStreamId(f"yamux: SYN with our parity on stream {sid}")
+        if sid in self._streams:
+            raise DuplicateStream(f"yamux: SYN for open stream {sid}")
+        cdef int64_t top = self._peer_max
+        cdef int64_t skipped
+        if sid > top:
+            skipped = (sid - top) // 2 - 1
+            if skipped:
+                if len(self._gaps) + skipped > self.max_streams:
+                    raise InvalidStreamId(f"yamux: SYN for stream {sid} skips too many ids")
+                self._gaps.update(range(top + 2, sid, 2))
+            self._peer_max = sid
+        elif sid in self._gaps:
+            self._gaps.discard(sid)
+        else:
+            raise DuplicateStream(f"yamux: SYN reuses stream id {sid}")
+        if self._theirs >= self.max_streams:
+            self._emit(_T_WINDOW, _F_RST, sid, 0)
+            return None
+        cdef _Stream s = _new_stream(sid, _F_ACK, self._extra, False)
+        self._streams[sid] = s
+        self._theirs += 1
+        self._hello.append(sid)
+        return s
+
+    # -- send ----------------------------------------------------------------
+
+    cdef unsigned int _greet(self, uint32_t sid, _Stream s) except? 0xFFFF:
+        # Flags for our first frame on s (SYN or ACK); announces extra window first.
+        cdef unsigned int hello = s.hello
+        s.hello = 0
+        if s.extra:
+            self._emit(_T_WINDOW, hello, sid, <uint32_t>s.extra)
+            s.recv_window += s.extra
+            s.extra = 0
             return 0
-        return s.buffered if s.buffered < s.send_window else s.send_window
+        return hello
 
-    cdef int _copy_out(self, _Stream s, unsigned char* dst, int64_t take) except -1:
-        cdef bytes chunk
-        cdef Py_ssize_t avail, step
-        cdef list queue = s.queue
-        while take:
-            chunk = <bytes>queue[s.q_head]
-            avail = PyBytes_GET_SIZE(chunk) - s.q_off
-            step = avail if avail < take else take
-            memcpy(dst, PyBytes_AS_STRING(chunk) + s.q_off, step)
-            dst += step
-            take -= step
-            s.buffered -= step
-            if step == avail:
-                queue[s.q_head] = None
+    cdef int _flush_hello(self) except -1:
+        cdef _Stream s
+        for key in self._hello:
+            s = self._streams.get(key)
+            if s is not None and s.hello:
+                self._emit(_T_WINDOW, s.hello, s.id, <uint32_t>s.extra)
+                s.recv_window += s.extra
+                s.extra = 0
+                s.hello = 0
+        del self._hello[:]
+        return 0
+
+    cdef int _window_update(self, uint32_t sid, _Stream s, int64_t delta) except -1:
+        cdef unsigned int flags = self._greet(sid, s) if s.hello else 0
+        self._emit(_T_WINDOW, flags, sid, <uint32_t>delta)
+        s.recv_window += delta
+        s.pending = 0
+        return 0
+
+    cdef int _push(self, uint32_t sid, _Stream s) except -1:
+        # Frame queued data within the send window; FIN once the queue is empty.
+        cdef list q = s.queue
+        cdef int64_t window = s.send_window
+        cdef int64_t sent = 0
+        cdef Py_ssize_t size, take
+        cdef unsigned int flags
+        cdef bytes head
+        while s.queued - sent > 0 and window > 0:
+            head = <bytes>q[s.q_head]
+            size = PyBytes_GET_SIZE(head) - s.q_off
+            take = <Py_ssize_t>window if window < _MAX_DATA_FRAME else _MAX_DATA_FRAME
+            if size <= take:
+                take = size
+            flags = self._greet(sid, s) if s.hello else 0
+            if s.queued - sent == take and s.fin_queued:
+                flags |= _F_FIN
+                s.send_done = True
+            self._emit(_T_DATA, flags, sid, <uint32_t>take)
+            self._emit_payload(head, s.q_off, take)
+            if take == size:
+                q[s.q_head] = None
                 s.q_head += 1
                 s.q_off = 0
             else:
-                s.q_off += step
-        if s.q_head == len(queue):
-            del queue[:]
-            s.q_head = 0
-        elif s.q_head > 64:
-            del queue[:s.q_head]
-            s.q_head = 0
+                s.q_off += take
+            window -= take
+            sent += take
+        s.send_window = window
+        if sent:
+            s.queued -= sent
+            self._add_drained(s, sent)
+            if s.queued == 0:
+                del q[:]
+                s.q_head = 0
+            elif s.q_head >= 32:
+                del q[:s.q_head]
+                s.q_head = 0
+        if s.fin_queued and s.queued == 0 and not s.send_done:
+            flags = self._greet(sid, s) if s.hello else 0
+            self._emit(_T_WINDOW, flags | _F_FIN, sid, 0)
+            s.send_done = True
+        if s.send_done and s.recv_done:
+            self._forget(sid, s)
         return 0
 
-    # -- internals -------------------------------------------------------------
-
-    cdef int _check_open(self) except -1:
-        if self._closed or self._goaway_sent:
-            raise ConnectionClosedError("yamux: session is closed")
+    cdef int _add_drained(self, _Stream s, int64_t n) except -1:
+        if not s.in_drained:
+            s.in_drained = True
+            self._drained.append(s)
+        s.drained += n
         return 0
 
-    cdef _Stream _stream_for_send(self, object stream_id):
-        cdef _Stream s = self._streams.get(stream_id)
-        if s is None:
-            raise StreamClosedError(f"stream {stream_id}: unknown or closed")
-        if s.local_reset or s.remote_reset:
-            raise StreamClosedError(f"stream {stream_id}: sending side was reset")
-        if s.fin_queued:
-            raise StreamClosedError(f"stream {stream_id}: sending side already finished")
-        return s
+    # -- endings -------------------------------------------------------------
 
-    cdef int _maybe_update(self, _Stream s) except -1:
-        if s.fin_recv or s.remote_reset or s.local_reset:
-            s.to_update = 0
-            return 0
-        if s.to_update * 2 >= self._window:
-            _append_header(self._ctrl, _T_WINDOW, 0, s.id, <uint32_t>s.to_update)
-            s.recv_window += s.to_update
-            s.to_update = 0
+    cdef int _peer_fin(self, uint32_t sid, _Stream s, object chunk) except -1:
+        s.recv_done = True
+        if not s.released:
+            self._events.append(StreamDataReceived(sid, chunk, True))
+        if s.send_done:
+            self._forget(sid, s)
         return 0
 
-    cdef int _drop_queue(self, _Stream s) except -1:
-        del s.queue[:]
+    cdef int _peer_reset(self, uint32_t sid, _Stream s) except -1:
+        code = self.reset_code
+        if not s.recv_done:
+            self._events.append(StreamReset(sid, code))
+        if not s.send_done:
+            self._events.append(StopSendingReceived(sid, code))
+        if s.in_drained:
+            s.in_drained = False
+            s.drained = 0
+        self._forget(sid, s)
+        return 0
+
+    cdef int _forget(self, uint32_t sid, _Stream s) except -1:
+        s.recv_done = True
+        s.send_done = True
+        s.queue = []
         s.q_head = 0
         s.q_off = 0
-        s.buffered = 0
+        s.queued = 0
+        if self._streams.pop(sid, None) is not None:
+            if s.ours:
+                self._ours -= 1
+            else:
+                self._theirs -= 1
         return 0
 
-    cdef int _forget_if_done(self, _Stream s) except -1:
-        cdef bint tx_done = s.fin_sent or s.local_reset or s.remote_reset
-        cdef bint rx_done = s.fin_recv or s.remote_reset or s.local_reset
-        if tx_done and rx_done and (s.unconsumed == 0 or s.released):
-            self._streams.pop(s.id, None)
+    cdef int _report(self) except -1:
+        cdef _Stream s
+        for obj in self._drained:
+            s = <_Stream>obj
+            if s.in_drained:
+                self._events.append(SendCapacityAvailable(s.id, s.drained, s.queued))
+                s.in_drained = False
+                s.drained = 0
+        del self._drained[:]
         return 0
 
-    cdef int _protocol_error(self, str reason) except -1:
-        _append_header(self._ctrl, _T_GOAWAY, 0, 0, _GOAWAY_PROTOCOL)
-        self._goaway_sent = True
-        self._finish(_GOAWAY_PROTOCOL, reason, True)
+    cdef int _fail(self, object exc) except -1:
+        if self._closed:
+            return 0
+        code = exc.goaway_code
+        self._emit(_T_GOAWAY, 0, 0, <uint32_t>code)
+        self._finish(code, str(exc), True)
         return 0
 
-    cdef int _finish(self, long long code, str reason, bint by_us) except -1:
+    cdef int _finish(self, object code, str reason, bint by_us) except -1:
+        if self._closed:
+            return 0
         self._closed = True
+        self._streams.clear()
+        for obj in self._drained:
+            (<_Stream>obj).in_drained = False
+            (<_Stream>obj).drained = 0
+        del self._drained[:]
+        del self._hello[:]
+        self._gaps.clear()
+        self._ours = 0
+        self._theirs = 0
         self._hdr_len = 0
-        self._partial = None
-        for s in self._streams.values():
-            self._drop_queue(<_Stream>s)
-        self._ready = []
-        self._events.append(ConnectionClosed(code, reason, by_us))
+        self._left = 0
+        self._rx = None
+        self._events.append(ConnectionClosed(error_code=code, reason=reason, by_us=by_us))
         return 0
+
+    # -- output buffer ---------------------------------------------------------
+
+    cdef int _emit(self, unsigned int ftype, unsigned int flags, uint32_t sid,
+                   uint32_t length) except -1:
+        cdef Py_ssize_t need = self._hlen + _HEADER_SIZE
+        cdef Py_ssize_t cap
+        cdef void* grown
+        if need > self._hcap:
+            cap = self._hcap * 2 if self._hcap else 1024
+            while cap < need:
+                cap *= 2
+            grown = PyMem_Realloc(self._hbuf, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self._hbuf = <unsigned char*>grown
+            self._hcap = cap
+        _write_header(self._hbuf + self._hlen, ftype, flags, sid, length)
+        self._hlen = need
+        return 0
+
+    cdef int _emit_payload(self, object obj, Py_ssize_t off, Py_ssize_t length) except -1:
+        # ``obj`` (bytes) from ``off`` goes right after the headers emitted so far.
+        cdef Py_ssize_t cap
+        cdef void* grown
+        if self._nseg == self._segcap:
+            cap = self._segcap * 2 if self._segcap else 64
+            grown = PyMem_Realloc(self._seg, cap * 3 * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._seg = <Py_ssize_t*>grown
+            self._segcap = cap
+        cdef Py_ssize_t* seg = self._seg + 3 * self._nseg
+        seg[0] = self._hlen
+        seg[1] = off
+        seg[2] = length
+        self._objs.append(obj)
+        self._nseg += 1
+        self._ptotal += length
+        return 0
+
+    cdef void _clear_out(self) noexcept:
+        self._hlen = 0
+        self._nseg = 0
+        self._ptotal = 0
+        del self._objs[:]
 
 
 # -- shared Python pieces ------------------------------------------------------
 # Imported last on purpose, as in _codec.pyx: importing outrelay.mux runs its
-# __init__, which picks this module.
+# __init__, which picks this module and reads its names.
 
 from collections import deque as _deque  # noqa: E402
-from operator import index as _index  # noqa: E402
 
-from outrelay.transport.errors import ConnectionClosedError, StreamClosedError  # noqa: E402
+from outrelay.mux import _session_py as _py  # noqa: E402
+from outrelay.mux import constants as _c  # noqa: E402
+from outrelay.mux.errors import (  # noqa: E402
+    ConnectionClosedError,
+    DuplicateStream,
+    InvalidStreamId,
+    InvalidType,
+    InvalidVersion,
+    ProtocolError,
+    StreamClosedByPeer,
+    StreamClosedError,
+    StreamsExhausted,
+    WindowExceeded,
+)
 from outrelay.transport.events import (  # noqa: E402
     ConnectionClosed,
     SendCapacityAvailable,
+    StopSendingReceived,
     StreamDataReceived,
     StreamReset,
 )
 
+_GOAWAY_NAMES = _py._GOAWAY_NAMES
+_RESET_CODE = _c.RESET_CODE
 
-def _bad_field(name, value):
-    return ValueError(f"yamux: {name} {value} out of range")
-
-
-def _short_header(n):
-    return ValueError(f"yamux: short header: {n} bytes, need {_HEADER_SIZE}")
-
-
-def _too_many(limit):
-    return RuntimeError(f"yamux: no stream available (max_streams={limit})")
-
-
-def _goaway_label(code):
-    return {0: "normal", 1: "protocol error", 2: "internal error"}.get(code, f"code {code}")
+if (
+    _c.HEADER_SIZE, _c.VERSION, _c.TYPE_DATA, _c.TYPE_WINDOW_UPDATE, _c.TYPE_PING,
+    _c.TYPE_GO_AWAY, _c.MAX_TYPE, _c.FLAG_SYN, _c.FLAG_ACK, _c.FLAG_FIN, _c.FLAG_RST,
+    _c.GOAWAY_NORMAL, _c.GOAWAY_INTERNAL_ERROR, _c.INITIAL_WINDOW, _c.MAX_DATA_FRAME,
+    _c.PEER_MAX_STREAMS, _c.MAX_U32,
+) != (
+    _HEADER_SIZE, _VERSION, _T_DATA, _T_WINDOW, _T_PING, _T_GOAWAY, _MAX_TYPE, _F_SYN,
+    _F_ACK, _F_FIN, _F_RST, _GOAWAY_NORMAL, _GOAWAY_INTERNAL, _INITIAL_WINDOW,
+    _MAX_DATA_FRAME, _PEER_MAX_STREAMS, _MAX_U32,
+):
+    raise ImportError("outrelay._fast._yamux is out of date with outrelay.mux.constants: rebuild")
