@@ -353,6 +353,11 @@ class YamuxSession:
         """True once :class:`ConnectionClosed` was queued."""
         return self._closed
 
+    @property
+    def stream_count(self) -> int:
+        """Streams with state here (either direction not over yet)."""
+        return len(self._streams)
+
     def open_stream(self) -> int:
         """Open a stream and return its id; the SYN rides on its first frame.
 
