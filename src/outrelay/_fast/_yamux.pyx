@@ -272,6 +272,11 @@ cdef class YamuxSession:
         """True once :class:`ConnectionClosed` was queued."""
         return self._closed
 
+    @property
+    def stream_count(self):
+        """Streams with state here (either direction not over yet)."""
+        return len(self._streams)
+
     def open_stream(self):
         """Open a stream and return its id; the SYN rides on its first frame.
 
