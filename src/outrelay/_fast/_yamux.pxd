@@ -44,7 +44,8 @@ cdef class YamuxSession:
     cdef Py_ssize_t _ours
     cdef Py_ssize_t _theirs
     cdef list _hello
-    cdef object _events          # collections.deque
+    cdef list _events            # events[_ev_head:] are pending
+    cdef Py_ssize_t _ev_head
     cdef list _drained           # streams with bytes framed and not reported, in order
     cdef bint _closed
     # receive parser: a cut header, and the rest of a Data payload

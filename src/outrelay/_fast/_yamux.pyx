@@ -24,6 +24,8 @@ from cpython.bytes cimport (
 )
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t, uint32_t
 from libc.string cimport memcpy
 
@@ -89,6 +91,95 @@ cdef inline bint _small_int(object o, long long lo, long long hi) noexcept:
         return False
     v = PyLong_AsLongLongAndOverflow(o, &overflow)
     return not overflow and lo <= v <= hi
+
+
+# -- events ----------------------------------------------------------------
+# StreamDataReceived and SendCapacityAvailable are built once per chunk, and
+# a frozen dataclass's __init__ (three object.__setattr__ calls) costs more
+# than the rest of the chunk's handling. When the classes are what we expect
+# (slotted, every field a plain object slot, nothing run after __init__; see
+# _check_event_layout at the bottom), the instance is made with object.__new__
+# and its slots are filled directly. Otherwise the class is called as usual.
+
+cdef extern from "structmember.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+
+cdef enum:
+    _T_OBJECT_EX = 16
+
+cdef Py_ssize_t _SDR_OFF[3]
+cdef Py_ssize_t _SCA_OFF[3]
+cdef bint _FAST_EVENTS = False
+
+
+cdef inline void _put_slot(object o, Py_ssize_t off, object v) noexcept:
+    # Only on a fresh instance, whose slot is still NULL.
+    Py_INCREF(v)
+    (<PyObject**>((<char*><PyObject*>o) + off))[0] = <PyObject*>v
+
+
+cdef inline object _event3(object cls, Py_ssize_t* off, object a, object b, object c):
+    cdef object o = _object_new(cls)
+    _put_slot(o, off[0], a)
+    _put_slot(o, off[1], b)
+    _put_slot(o, off[2], c)
+    return o
+
+
+cdef inline object _data_event(uint32_t sid, object chunk, bint fin):
+    if _FAST_EVENTS:
+        return _event3(StreamDataReceived, _SDR_OFF, sid, chunk, fin)
+    return StreamDataReceived(sid, chunk, fin)
+
+
+cdef inline object _drained_event(uint32_t sid, int64_t drained, int64_t buffered):
+    if _FAST_EVENTS:
+        return _event3(SendCapacityAvailable, _SCA_OFF, sid, drained, buffered)
+    return SendCapacityAvailable(sid, drained, buffered)
+
+
+cdef bint _slot_offsets(object cls, tuple names, Py_ssize_t* out) except -1:
+    cdef PyMemberDescrObject* d
+    for i, name in enumerate(names):
+        descr = cls.__dict__.get(name)
+        if type(descr) is not _MemberDescriptorType:
+            return False
+        d = <PyMemberDescrObject*><PyObject*>descr
+        if d.d_member.type != _T_OBJECT_EX:
+            return False
+        out[i] = d.d_member.offset
+    return True
+
+
+cdef bint _layout_ok(object cls, tuple names, Py_ssize_t* off, tuple sample) except -1:
+    if tuple(f.name for f in _dataclasses.fields(cls)) != names:
+        return False
+    if hasattr(cls, "__post_init__") or "__dict__" in cls.__dict__:
+        return False
+    if not _slot_offsets(cls, names, off):
+        return False
+    made = _event3(cls, off, sample[0], sample[1], sample[2])
+    expected = cls(*sample)
+    return made == expected and repr(made) == repr(expected)
+
+
+def _check_event_layout():
+    """Enable the direct construction of the two per-chunk events if it is safe."""
+    global _FAST_EVENTS
+    _FAST_EVENTS = False
+    _FAST_EVENTS = (
+        _layout_ok(StreamDataReceived, ("stream_id", "data", "end_stream"), _SDR_OFF,
+                   (1, b"x", True))
+        and _layout_ok(SendCapacityAvailable, ("stream_id", "drained", "buffered"), _SCA_OFF,
+                       (1, 2, 3))
+    )
+    return _FAST_EVENTS
 
 
 # -- headers -----------------------------------------------------------------
@@ -175,7 +266,7 @@ cdef class YamuxSession:
         self._streams = {}
         self._gaps = set()
         self._hello = []
-        self._events = _deque()
+        self._events = []
         self._drained = []
         self._objs = []
         self._hbuf = NULL
@@ -252,14 +343,21 @@ cdef class YamuxSession:
 
     def next_event(self):
         """The next event, or ``None``."""
-        events = self._events
-        if not events:
+        cdef list events = self._events
+        cdef Py_ssize_t head = self._ev_head
+        if head == len(events):
             if not self._drained:
                 return None
             self._report()
-            if not events:
+            if head == len(events):
                 return None
-        return events.popleft()
+        event = events[head]
+        head += 1
+        if head == len(events):
+            del events[:]
+            head = 0
+        self._ev_head = head
+        return event
 
     def connection_lost(self, reason="connection lost"):
         """The byte stream ended (EOF or error): the session is over."""
@@ -590,7 +688,7 @@ cdef class YamuxSession:
         if fin:
             self._peer_fin(sid, s, chunk)
         else:
-            self._events.append(StreamDataReceived(sid, chunk, False))
+            self._events.append(_data_event(sid, chunk, False))
         return pos + take
 
     cdef _Stream _unknown(self, uint32_t sid, unsigned int flags):
@@ -722,7 +820,7 @@ cdef class YamuxSession:
     cdef int _peer_fin(self, uint32_t sid, _Stream s, object chunk) except -1:
         s.recv_done = True
         if not s.released:
-            self._events.append(StreamDataReceived(sid, chunk, True))
+            self._events.append(_data_event(sid, chunk, True))
         if s.send_done:
             self._forget(sid, s)
         return 0
@@ -758,7 +856,7 @@ cdef class YamuxSession:
         for obj in self._drained:
             s = <_Stream>obj
             if s.in_drained:
-                self._events.append(SendCapacityAvailable(s.id, s.drained, s.queued))
+                self._events.append(_drained_event(s.id, s.drained, s.queued))
                 s.in_drained = False
                 s.drained = 0
         del self._drained[:]
@@ -842,7 +940,8 @@ cdef class YamuxSession:
 # Imported last on purpose, as in _codec.pyx: importing outrelay.mux runs its
 # __init__, which picks this module and reads its names.
 
-from collections import deque as _deque  # noqa: E402
+import dataclasses as _dataclasses  # noqa: E402
+from types import MemberDescriptorType as _MemberDescriptorType  # noqa: E402
 
 from outrelay.mux import _session_py as _py  # noqa: E402
 from outrelay.mux import constants as _c  # noqa: E402
@@ -880,3 +979,6 @@ if (
     _MAX_DATA_FRAME, _PEER_MAX_STREAMS, _MAX_U32,
 ):
     raise ImportError("outrelay._fast._yamux is out of date with outrelay.mux.constants: rebuild")
+
+_object_new = object.__new__
+_check_event_layout()
