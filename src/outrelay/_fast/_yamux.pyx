@@ -17,6 +17,7 @@ protocol works); only the data structures differ. Why it is fast:
 """
 
 cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_FromStringAndSize,
@@ -302,10 +303,25 @@ cdef class YamuxSession:
 
     def receive_data(self, data):
         """Feed bytes read from the byte stream (any cut, in order)."""
+        cdef Py_buffer view
         if self._closed or not data:
             return None
         if type(data) is not bytes:
-            data = bytes(data)
+            # A contiguous buffer (bytearray, memoryview: a BufferedProtocol's
+            # read buffer) is parsed in place; anything else goes through
+            # bytes(), as in the pure twin.
+            try:
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            except (TypeError, BufferError):
+                data = bytes(data)
+            else:
+                try:
+                    self._feed(<const unsigned char*>view.buf, view.len, None)
+                except ProtocolError as exc:
+                    self._fail(exc)
+                finally:
+                    PyBuffer_Release(&view)
+                return None
         try:
             self._feed(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
                        data)
