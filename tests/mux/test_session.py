@@ -555,3 +555,20 @@ def test_no_capacity_report_follows_a_reset_or_a_close(yamux: ModuleType) -> Non
     client.send(b, b"z")
     client.close()
     assert drain(client) == [ConnectionClosed(0, "", True)]
+
+
+def test_an_idle_stream_keeps_under_1_kib_of_state_per_side(yamux: ModuleType) -> None:
+    import tracemalloc
+
+    client, server = pair(yamux)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):
+            client.send(client.open_stream(), b"x")
+        roundtrip(client, server)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert client.stream_count == server.stream_count == 1000
+    assert (after - before) / 2000 < 1024
