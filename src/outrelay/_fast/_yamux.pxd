@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t, uint32_t
 
 
 cdef class _Stream:
+    # flags are unsigned char (0/1), not bint, to keep an idle stream small
     cdef uint32_t id
     # send side
     cdef int64_t send_window     # bytes the peer lets us send
@@ -12,19 +13,19 @@ cdef class _Stream:
     cdef Py_ssize_t q_head
     cdef Py_ssize_t q_off
     cdef int64_t queued          # bytes in queue
-    cdef bint fin_queued         # FIN asked for (sent once the queue is empty)
-    cdef bint send_done          # FIN framed or RST: nothing more goes out
-    cdef unsigned int hello      # SYN or ACK still to put on our first frame (0: done)
+    cdef unsigned char fin_queued         # FIN asked for (sent once the queue is empty)
+    cdef unsigned char send_done          # FIN framed or RST: nothing more goes out
+    cdef unsigned char hello       # SYN or ACK still to put on our first frame (0: done)
     cdef int64_t extra           # receive window above 256 KiB still to announce
     cdef int64_t drained         # bytes framed, not yet reported
-    cdef bint in_drained         # listed in the session's report order
+    cdef unsigned char in_drained         # listed in the session's report order
     # receive side
     cdef int64_t recv_window     # bytes the peer may still send
     cdef int64_t unconsumed      # delivered, not yet granted back
     cdef int64_t pending         # granted, not yet announced in a WindowUpdate
-    cdef bint recv_done          # FIN or RST seen: nothing more arrives
-    cdef bint released           # the application reads no more
-    cdef bint ours               # we opened it
+    cdef unsigned char recv_done          # FIN or RST seen: nothing more arrives
+    cdef unsigned char released           # the application reads no more
+    cdef unsigned char ours               # we opened it
 
 
 cdef class YamuxSession:

@@ -236,16 +236,12 @@ cdef inline _Stream _new_stream(uint32_t sid, unsigned int hello, int64_t extra,
     cdef _Stream s = _Stream.__new__(_Stream)
     s.id = sid
     s.send_window = _INITIAL_WINDOW
-    s.queue = []
+    s.queue = None  # made when data first waits for the window
     s.hello = hello
     s.extra = extra
     s.recv_window = _INITIAL_WINDOW
     s.ours = ours
     return s
-
-
-cdef inline bint _queue_empty(_Stream s) noexcept:
-    return s.queued == 0
 
 
 # -- session -------------------------------------------------------------------
@@ -464,6 +460,8 @@ cdef class YamuxSession:
                     self._forget(sid, s)
             return None
         if n:
+            if s.queue is None:
+                s.queue = []
             s.queue.append(data)
             s.queued += n
         if fin:
@@ -629,6 +627,8 @@ cdef class YamuxSession:
                         )
                     s.recv_window -= length
                 elif flags & _F_FIN:
+                    if s.recv_done:
+                        raise StreamClosedByPeer(f"yamux: second FIN on stream {sid}")
                     self._peer_fin(sid, s, b"")
             if length:
                 self._left = length
@@ -683,7 +683,7 @@ cdef class YamuxSession:
         left -= take
         self._left = left
         cdef _Stream s = self._rx
-        if s is None or self._closed:
+        if s is None or s.recv_done:  # discarded, or reset while the frame arrived
             return pos + take
         cdef uint32_t sid = self._rx_id
         cdef bint fin = self._rx_fin and not left
@@ -811,7 +811,7 @@ cdef class YamuxSession:
             s.queued -= sent
             self._add_drained(s, sent)
             if s.queued == 0:
-                del q[:]
+                s.queue = None
                 s.q_head = 0
             elif s.q_head >= 32:
                 del q[:s.q_head]
@@ -856,7 +856,7 @@ cdef class YamuxSession:
     cdef int _forget(self, uint32_t sid, _Stream s) except -1:
         s.recv_done = True
         s.send_done = True
-        s.queue = []
+        s.queue = None
         s.q_head = 0
         s.q_off = 0
         s.queued = 0
