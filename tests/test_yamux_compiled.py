@@ -179,3 +179,132 @@ def test_memory_stays_flat_over_many_round_trips(fast: ModuleType) -> None:
     finally:
         tracemalloc.stop()
     assert grown < 64 * 1024, grown
+
+
+# -- the twins against a scripted, often misbehaving peer ----------------------
+
+peer_frame = st.tuples(
+    st.sampled_from([0, 0, 0, 1, 1, 2, 3, 4]),  # type (4: unknown)
+    st.sampled_from([0, 0, 1, 2, 4, 8, 1 | 4, 2 | 4, 1 | 8, 0x30]),  # flags
+    st.sampled_from([0, 1, 2, 3, 4, 5, 7, 9, 2**32 - 1]),  # stream id
+    st.sampled_from([0, 1, 7, 4096, 70_000, 200_000, 300_000, 2**32 - 1]),  # length
+    st.integers(0, 255),  # version (mostly 0)
+)
+local_op = st.one_of(
+    st.tuples(st.just("open"), st.just(0)),
+    st.tuples(st.just("send"), st.integers(0, 5), st.sampled_from([0, 3, 70_000]), st.booleans()),
+    st.tuples(st.just("grant"), st.integers(0, 5), st.integers(-1, 400_000)),
+    st.tuples(st.just("reset"), st.integers(0, 5), st.integers(0, 9)),
+    st.tuples(st.just("release"), st.integers(0, 5), st.just(0)),
+    st.tuples(st.just("ping"), st.integers(0, 2**32 - 1), st.just(0)),
+    st.tuples(st.just("close"), st.integers(0, 5), st.just(0)),
+    st.tuples(st.just("lost"), st.just(0), st.just(0)),
+)
+
+
+def _wire_of(frames: list[tuple[int, int, int, int, int]], body_cap: int) -> bytes:
+    out = bytearray()
+    for kind, flags, sid, length, version in frames:
+        out += struct.pack(">BBHII", version if version < 8 else 0, kind, flags, sid, length)
+        if kind == 0:
+            out += bytes([sid & 0xFF]) * min(length, body_cap)
+    return bytes(out)
+
+
+def _script(mod: ModuleType, setup: dict[str, Any], steps: list[Any]) -> list[Any]:
+    session = mod.YamuxSession(**setup)
+    trace: list[Any] = []
+    opened: list[int] = []
+    for step in steps:
+        if step[0] == "feed":
+            session.receive_data(step[1])
+        else:
+            kind, a, b = step[0], step[1], step[2] if len(step) > 2 else 0
+            sid = opened[a % len(opened)] if opened else a
+            try:
+                if kind == "open":
+                    opened.append(session.open_stream())
+                    sid = opened[-1]
+                elif kind == "send":
+                    session.send(sid, bytes(b), step[3])
+                elif kind == "grant":
+                    trace.append(("granted", session.grant(sid, b)))
+                elif kind == "reset":
+                    session.reset_stream(sid, b)
+                elif kind == "release":
+                    session.release(sid)
+                elif kind == "ping":
+                    session.ping(a)
+                elif kind == "close":
+                    session.close(a, f"bye {a}")
+                elif kind == "lost":
+                    session.connection_lost()
+            except Exception as exc:  # noqa: BLE001 - the type and text are compared
+                trace.append((kind, type(exc).__name__, str(exc)))
+        trace.append(session.data_to_send())
+        trace.append(drain(session))
+        trace.append((session.closed, session.stream_count, session.streams_available(),
+                      session.pong, [session.send_buffered(i) for i in opened],
+                      [session.unconsumed(i) for i in opened]))
+    return trace
+
+
+@given(
+    setup=st.fixed_dictionaries({
+        "client": st.booleans(),
+        "window": st.sampled_from([256 * 1024, 256 * 1024 + 1, 1 << 20]),
+        "max_streams": st.sampled_from([1, 2, 1024]),
+    }),
+    plan=st.lists(
+        st.one_of(
+            st.tuples(st.just("feed"), st.lists(peer_frame, min_size=1, max_size=4),
+                      st.sampled_from([0, 50, 1 << 20]), st.integers(0, 40)),
+            local_op,
+        ),
+        max_size=25,
+    ),
+)
+@SETTINGS
+def test_compiled_and_pure_agree_against_a_scripted_peer(
+    fast: ModuleType, setup: dict[str, Any], plan: list[Any]
+) -> None:
+    steps: list[Any] = []
+    for item in plan:
+        if item[0] == "feed":
+            wire = _wire_of(item[1], item[2])
+            cut = item[3] % (len(wire) + 1)
+            steps += [("feed", wire[:cut]), ("feed", wire[cut:])]
+        else:
+            steps.append(item)
+    assert _script(fast, setup, steps) == _script(PURE, setup, steps)
+
+
+values = st.one_of(
+    st.integers(-2, 5), st.integers(2**16 - 2, 2**16 + 1), st.integers(2**32 - 2, 2**32 + 1),
+    st.just(2**70), st.just(True), st.just(1.0), st.just("1"), st.none(),
+)
+
+
+def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", fn(*args))
+    except Exception as exc:  # noqa: BLE001 - the type and text are compared
+        return (type(exc).__name__, str(exc))
+
+
+@given(args=st.tuples(values, values, values, values))
+@SETTINGS
+def test_encode_header_agrees_with_the_pure_twin_on_any_argument(
+    fast: ModuleType, args: tuple[Any, Any, Any, Any]
+) -> None:
+    assert _outcome(fast.encode_header, *args) == _outcome(PURE.encode_header, *args)
+
+
+@given(data=st.binary(max_size=30), offset=st.one_of(st.integers(-3, 30), st.just(1.0)),
+       kind=st.sampled_from([bytes, bytearray, memoryview]))
+@SETTINGS
+def test_decode_header_agrees_with_the_pure_twin_on_any_input(
+    fast: ModuleType, data: bytes, offset: Any, kind: Any
+) -> None:
+    buf = kind(data)
+    assert _outcome(fast.decode_header, buf, offset) == _outcome(PURE.decode_header, buf, offset)
