@@ -572,3 +572,60 @@ def test_an_idle_stream_keeps_under_1_kib_of_state_per_side(yamux: ModuleType) -
         tracemalloc.stop()
     assert client.stream_count == server.stream_count == 1000
     assert (after - before) / 2000 < 1024
+
+
+def test_a_go_style_open_write_close_sequence(yamux: ModuleType) -> None:
+    # What a Go peer sends: WindowUpdate(SYN, 0) from OpenStream, Data from
+    # Write, WindowUpdate(FIN) from Close; it expects WindowUpdate(ACK) back.
+    server = yamux.YamuxSession(client=False)
+    server.receive_data(update(1, 0, SYN) + data(1, b"HELLO") + update(1, 0, FIN))
+    assert drain(server) == [
+        StreamDataReceived(1, b"HELLO", False),
+        StreamDataReceived(1, b"", True),
+    ]
+    assert parse(server.data_to_send()) == [(WINDOW_UPDATE, ACK, 1, 0, b"")]
+    server.send(1, b"ACK", end_stream=True)
+    assert parse(server.data_to_send()) == [(DATA, FIN, 1, 3, b"ACK")]
+    assert server.stream_count == 0
+
+
+def test_a_peer_announcing_a_larger_window_on_its_syn_lets_us_send_more(
+    yamux: ModuleType,
+) -> None:
+    server = yamux.YamuxSession(client=False)
+    server.receive_data(update(1, 768 * KiB, SYN))
+    server.send(1, bytes(1024 * KiB + 1))
+    frames = parse(server.data_to_send())
+    assert sum(f[3] for f in frames if f[0] == DATA) == 1024 * KiB
+    assert server.send_buffered(1) == 1
+
+
+def test_a_larger_window_batches_updates_at_half_of_it(yamux: ModuleType) -> None:
+    server = yamux.YamuxSession(client=False, window=1024 * KiB)
+    server.receive_data(update(1, 0, SYN))
+    server.data_to_send()  # ACK with the extra 768 KiB
+    server.receive_data(data(1, bytes(600 * KiB)))
+    drain(server)
+    server.grant(1, 511 * KiB)
+    assert server.data_to_send() == b""
+    server.grant(1, 1 * KiB)
+    assert parse(server.data_to_send()) == [(WINDOW_UPDATE, 0, 1, 512 * KiB, b"")]
+
+
+def test_syn_with_data_and_fin_is_one_event(yamux: ModuleType) -> None:
+    server = yamux.YamuxSession(client=False)
+    server.receive_data(data(1, b"all", SYN | FIN))
+    assert drain(server) == [StreamDataReceived(1, b"all", True)]
+
+
+def test_goaway_from_the_peer_with_an_unknown_code_closes(yamux: ModuleType) -> None:
+    client = yamux.YamuxSession(client=True)
+    client.receive_data(hdr(GO_AWAY, 0, 0, 7))
+    assert drain(client) == [ConnectionClosed(7, "peer sent GoAway (code 7)", False)]
+    assert client.data_to_send() == b""
+
+
+def test_goaway_on_a_stream_is_a_protocol_error(yamux: ModuleType) -> None:
+    client = yamux.YamuxSession(client=True)
+    client.receive_data(hdr(GO_AWAY, 0, 3, 0))
+    closed_with_protocol_error(client, "GoAway on stream 3")
