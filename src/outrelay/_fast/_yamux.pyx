@@ -25,8 +25,8 @@ from cpython.bytes cimport (
 )
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint32_t
 from libc.string cimport memcpy
 
@@ -98,9 +98,10 @@ cdef inline bint _small_int(object o, long long lo, long long hi) noexcept:
 # StreamDataReceived and SendCapacityAvailable are built once per chunk, and
 # a frozen dataclass's __init__ (three object.__setattr__ calls) costs more
 # than the rest of the chunk's handling. When the classes are what we expect
-# (slotted, every field a plain object slot, nothing run after __init__; see
-# _check_event_layout at the bottom), the instance is made with object.__new__
-# and its slots are filled directly. Otherwise the class is called as usual.
+# (slotted, every field a plain object slot, nothing run after __init__, the
+# default allocator; see _check_event_layout at the bottom), the instance is
+# allocated as object.__new__ would and its slots are filled directly.
+# Otherwise the class is called as usual.
 
 cdef extern from "structmember.h":
     ctypedef struct PyMemberDef:
@@ -110,6 +111,9 @@ cdef extern from "structmember.h":
 cdef extern from "Python.h":
     ctypedef struct PyMemberDescrObject:
         PyMemberDef* d_member
+    PyObject* PyType_GenericAlloc(PyTypeObject* t, Py_ssize_t nitems)
+    void* PyType_GetSlot(PyTypeObject* t, int slot) except? NULL
+    enum: Py_tp_alloc
 
 cdef enum:
     _T_OBJECT_EX = 16
@@ -126,7 +130,12 @@ cdef inline void _put_slot(object o, Py_ssize_t off, object v) noexcept:
 
 
 cdef inline object _event3(object cls, Py_ssize_t* off, object a, object b, object c):
-    cdef object o = _object_new(cls)
+    # What object.__new__(cls) does for a class without __new__ of its own.
+    cdef PyObject* raw = PyType_GenericAlloc(<PyTypeObject*>cls, 0)
+    if raw == NULL:
+        raise MemoryError()
+    cdef object o = <object>raw
+    Py_DECREF(o)  # <object> took a second reference
     _put_slot(o, off[0], a)
     _put_slot(o, off[1], b)
     _put_slot(o, off[2], c)
@@ -162,6 +171,10 @@ cdef bint _layout_ok(object cls, tuple names, Py_ssize_t* off, tuple sample) exc
     if tuple(f.name for f in _dataclasses.fields(cls)) != names:
         return False
     if hasattr(cls, "__post_init__") or "__dict__" in cls.__dict__:
+        return False
+    if cls.__new__ is not object.__new__:
+        return False
+    if PyType_GetSlot(<PyTypeObject*>cls, Py_tp_alloc) != <void*>PyType_GenericAlloc:
         return False
     if not _slot_offsets(cls, names, off):
         return False
@@ -996,5 +1009,4 @@ if (
 ):
     raise ImportError("outrelay._fast._yamux is out of date with outrelay.mux.constants: rebuild")
 
-_object_new = object.__new__
 _check_event_layout()
