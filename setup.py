@@ -17,7 +17,7 @@ DEBUG_BUILD = bool(os.environ.get("OUTRELAY_DEBUG_BUILD"))
 if sys.implementation.name != "cpython":
     NO_EXTENSIONS = True
 
-MODULES = ("_codec", "_fsm", "_ring")
+MODULES = ("_codec", "_fsm", "_ring", "_yamux")
 
 if NO_EXTENSIONS:
     print("*********************\n* Pure Python build *\n*********************")

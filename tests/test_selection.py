@@ -28,6 +28,7 @@ UNITS = {
     "codec": ("outrelay._fast._codec", "outrelay.orp", "IMPLEMENTATION"),
     "fsm": ("outrelay._fast._fsm", "outrelay.orp", "_FSM_IMPLEMENTATION"),
     "ring": ("outrelay._fast._ring", "outrelay.resume", "IMPLEMENTATION"),
+    "yamux": ("outrelay._fast._yamux", "outrelay.mux", "IMPLEMENTATION"),
 }
 
 

@@ -160,7 +160,7 @@ class _Stream:
 
     def __init__(self, hello: int, extra: int, ours: bool) -> None:
         self.send_window = INITIAL_WINDOW  # bytes the peer lets us send
-        self.queue: deque[memoryview] = deque()  # over-window data, in order
+        self.queue: deque[memoryview] | None = None  # over-window data (made when needed)
         self.queued = 0  # bytes in queue
         self.fin_queued = False  # FIN asked for (sent once the queue is empty)
         self.send_done = False  # FIN framed or RST: nothing more goes out
@@ -242,6 +242,7 @@ class YamuxSession:
         n = len(data)
         pos = 0
         streams = self._streams
+        events = self._events
         try:
             if self._left:
                 pos = self._payload(data, 0, n)
@@ -255,6 +256,21 @@ class YamuxSession:
                     raise InvalidVersion(f"yamux: unsupported version {version}")
                 if kind == TYPE_DATA:
                     s = streams.get(sid)
+                    end = pos + length
+                    if (
+                        s is not None
+                        and not flags
+                        and end <= n
+                        and 0 < length <= s.recv_window
+                        and not s.recv_done
+                        and not s.released
+                    ):
+                        # the hot path: a whole plain Data frame on an open stream
+                        s.recv_window -= length
+                        s.unconsumed += length
+                        events.append(StreamDataReceived(sid, data[pos:end], False))
+                        pos = end
+                        continue
                     if s is None or flags & FLAG_SYN:
                         s = self._unknown(sid, flags)
                     if s is not None and flags & FLAG_RST:
@@ -353,6 +369,11 @@ class YamuxSession:
         """True once :class:`ConnectionClosed` was queued."""
         return self._closed
 
+    @property
+    def stream_count(self) -> int:
+        """Streams with state here (either direction not over yet)."""
+        return len(self._streams)
+
     def open_stream(self) -> int:
         """Open a stream and return its id; the SYN rides on its first frame.
 
@@ -421,6 +442,8 @@ class YamuxSession:
                     self._forget(stream_id, s)
             return
         if n:
+            if s.queue is None:
+                s.queue = deque()
             s.queue.append(memoryview(data))
             s.queued += n
         if end_stream:
@@ -674,7 +697,7 @@ class YamuxSession:
 
     def _forget(self, sid: int, s: _Stream) -> None:
         s.recv_done = s.send_done = True
-        s.queue.clear()
+        s.queue = None
         s.queued = 0
         if self._streams.pop(sid, None) is not None:
             if s.ours:
