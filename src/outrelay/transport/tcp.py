@@ -79,6 +79,9 @@ TcpEventHandler = Callable[["TcpLink", ev.Event], None]
 # shows the cores QUIC numbers, so they never learn the transport.
 
 
+_set_field = object.__setattr__
+
+
 def _app_id(wire: int) -> int:
     """yamux id -> the QUIC-style id the application sees (1 -> 0, 3 -> 4, 2 -> 1, 4 -> 5)."""
     return 2 * wire - 2 if wire & 1 else 2 * wire - 3
@@ -208,7 +211,6 @@ class TcpLink:
         self._queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._closed: asyncio.Future[ev.ConnectionClosed] = self._loop.create_future()
         self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._unconsumed: dict[int, int] = {}
         self._flush_scheduled = False
         self._in_burst = False
         self._paused = False
@@ -260,28 +262,23 @@ class TcpLink:
         return 0 if self.closed else self.session.send_buffered(_wire_id(stream_id))
 
     def grant(self, stream_id: int, n: int) -> int:
-        """Report ``n`` bytes consumed: the peer may send that much more (WindowUpdate)."""
-        held = self._unconsumed.get(stream_id, 0)
-        n = min(n, held)
-        if n <= 0 or self.closed:
+        """Report ``n`` bytes consumed: the peer may send that much more (WindowUpdate).
+
+        Clamped to what was delivered and not yet granted; returns the bytes granted.
+        """
+        if self.closed:
             return 0
         granted = self.session.grant(_wire_id(stream_id), n)
-        left = held - n
-        if left:
-            self._unconsumed[stream_id] = left
-        else:
-            del self._unconsumed[stream_id]
         if granted:
             self._mark()
-        return n
+        return granted
 
     def unconsumed(self, stream_id: int) -> int:
         """Bytes delivered on ``stream_id`` and not yet granted back."""
-        return self._unconsumed.get(stream_id, 0)
+        return 0 if self.closed else self.session.unconsumed(_wire_id(stream_id))
 
     def release(self, stream_id: int) -> None:
         """Stop reading a stream; what arrives later is credited at once."""
-        self._unconsumed.pop(stream_id, None)
         if not self.closed:
             self.session.release(_wire_id(stream_id))
             self._mark()
@@ -294,7 +291,6 @@ class TcpLink:
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         """Stop reading the stream (yamux has no STOP_SENDING: the stream is reset)."""
-        self._unconsumed.pop(stream_id, None)
         if not self.closed:
             self.session.stop_stream(_wire_id(stream_id), error_code)
             self._mark()
@@ -357,33 +353,22 @@ class TcpLink:
 
     def _dispatch(self) -> None:
         session = self.session
+        deliver = self._deliver
         while (event := session.next_event()) is not None:
             if self.closed:
                 continue  # a session that ended (EOF) may still report; drop it
-            kind = type(event)
-            if kind is ev.StreamDataReceived:
-                sid = _app_id(event.stream_id)
-                data = event.data
-                if data:
-                    self._unconsumed[sid] = self._unconsumed.get(sid, 0) + len(data)
-                event = ev.StreamDataReceived(sid, data, event.end_stream)
-            elif kind is ev.SendCapacityAvailable:
-                event = ev.SendCapacityAvailable(
-                    _app_id(event.stream_id), event.drained, event.buffered
-                )
-            elif kind is ev.StreamReset:
-                sid = _app_id(event.stream_id)
-                self._unconsumed.pop(sid, None)
-                event = ev.StreamReset(sid, event.error_code)
-            elif kind is ev.StopSendingReceived:
-                event = ev.StopSendingReceived(_app_id(event.stream_id), event.error_code)
-            elif kind is ev.ConnectionClosed:
+            if type(event) is ev.ConnectionClosed:
                 closed: ev.ConnectionClosed = event
                 if self._close_by_us and not closed.by_us:
                     closed = ev.ConnectionClosed(closed.error_code, closed.reason, by_us=True)
                 self._finish(closed)
                 continue
-            self._deliver(event)
+            # Every other event the session reports is about one stream: give
+            # it the QUIC-style id. The event is fresh and ours alone, so the
+            # id is set in place rather than paying for a second event per chunk.
+            wire = event.stream_id
+            _set_field(event, "stream_id", 2 * wire - 2 if wire & 1 else 2 * wire - 3)
+            deliver(event)
 
     def _deliver(self, event: ev.Event) -> None:
         callback = self.on_event
@@ -399,7 +384,6 @@ class TcpLink:
     def _finish(self, event: ev.ConnectionClosed) -> None:
         if self._closed.done():
             return
-        self._unconsumed.clear()
         self._closed.set_result(event)
         self._deliver(event)
         # The GoAway (if any) leaves with the last flush; then the socket closes.
@@ -457,7 +441,11 @@ class TcpLink:
             return
         reason = f"connection lost: {exc}" if exc else "connection closed by the peer"
         self._dispatch()
-        self._finish(ev.ConnectionClosed(0, reason, by_us=self._close_by_us))
+        if not self.closed:
+            self.session.connection_lost(reason)
+            self._dispatch()
+        if not self.closed:
+            self._finish(ev.ConnectionClosed(0, reason, by_us=self._close_by_us))
 
 
 class _TcpProtocol(asyncio.Protocol):
