@@ -48,6 +48,9 @@ def _check(lab: FailoverLab, transport_after: str) -> None:
         assert len(up) >= 2, up
         assert f"transport={transport_after}" in up[-1], up[-1]
         assert agent.metrics()["counters"]["streams_resumed"] >= 1
+    # a new stream after the move: the provider's REGISTER was replayed on B
+    after = lab.transfer(1 * MiB, timeout=30, seed=2)
+    assert after.error is None and after.echoed_sha256 == after.sent_sha256, after
     print(f"pause {result.pause:.3f} s, {result.duration:.1f} s total")
 
 
