@@ -296,3 +296,32 @@ def test_tcp_client_pin_mismatch_is_refused(pki: PKI) -> None:
                 await connect_tcp(config, "127.0.0.1", lst.port, timeout=5)
 
     run(main)
+
+
+def test_tcp_listener_caps_handshakes_in_progress(pki: PKI) -> None:
+    """Connections that never start TLS: beyond max_half_open the next is closed at once."""
+
+    async def main() -> None:
+        config = pki.server_config(peer_roles=AGENTS, max_half_open=2, retry_threshold=1)
+        async with listener(config) as lst:
+            idle = [await asyncio.open_connection("127.0.0.1", lst.port) for _ in range(2)]
+            async with asyncio.timeout(5):
+                while len(lst.server._handshakes) < 2:
+                    await asyncio.sleep(0.01)
+            reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+            async with asyncio.timeout(5):
+                try:
+                    assert await reader.read() == b""  # closed without a handshake
+                except ConnectionResetError:
+                    pass  # or reset: either way, at once
+            assert lst.server.m_refused_busy == 1
+            # a real client still gets through once the idle ones are gone
+            for _, w in [*idle, (reader, writer)]:
+                w.close()
+            async with asyncio.timeout(5):
+                while lst.server._handshakes:
+                    await asyncio.sleep(0.01)
+            client, _ = await pair(lst, client_config(pki))
+            client.link.close()
+
+    run(main)

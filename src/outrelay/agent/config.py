@@ -100,9 +100,10 @@ class AgentConfig:
     #: Pin: the relay's certificate URI must be exactly this relay identity
     #: (``outrelay://<region>/relay/<id>``); ``None``: any relay of the CA.
     relay_uri: str | None = None
-    #: Per-stream window: QUIC receive window and send high-water mark (bytes).
+    #: Per-stream window: QUIC receive window and send high-water mark (bytes;
+    #: yamux streams on TCP keep the protocol's 256 KiB receive window).
     window: int = DEFAULT_HIGH_WATER
-    #: Seconds for one relay's QUIC handshake.
+    #: Seconds for one relay's handshake (QUIC, or TCP connect + TLS).
     connect_timeout: float = 5.0
     #: Seconds to wait for HELLO_ACK.
     hello_timeout: float = HELLO_TIMEOUT

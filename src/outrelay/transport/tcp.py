@@ -525,6 +525,8 @@ class TcpServer:
         self._handshakes: set[asyncio.Task[None]] = set()
         #: Connections refused (handshake failed or peer refused), for tests and metrics.
         self.refused = 0
+        #: Of which: closed at once because ``max_half_open`` handshakes were in progress.
+        self.m_refused_busy = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -534,6 +536,14 @@ class TcpServer:
         return sockname[0], sockname[1]
 
     def _accepted(self, transport: asyncio.Transport) -> None:
+        if len(self._handshakes) >= self.config.max_half_open:
+            # As on QUIC (max_half_open): a flood of connections that never
+            # finish their handshake costs a socket each, not a task and a
+            # TLS object each, and cannot starve the handshakes in progress.
+            self.refused += 1
+            self.m_refused_busy += 1
+            transport.abort()
+            return
         task = self._loop.create_task(self._handshake(transport))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
