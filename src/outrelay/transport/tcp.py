@@ -232,7 +232,7 @@ class TcpLink:
     # -- application API (each schedules a flush) -------------------------
 
     def open_stream(self) -> int:
-        """Open a stream (client: odd ids from 1; server: even).
+        """Open a stream; its id is QUIC-style (client 0, 4, 8 ...; server 1, 5, 9 ...).
 
         Raises:
             ConnectionClosedError: the connection is closing or closed.
