@@ -159,3 +159,37 @@ def test_tcp_hello_uri_mismatch_is_refused_without_hello_ack(stack: Stack) -> No
         assert all(f.type != FrameType.HELLO_ACK for f in frames), frames
     finally:
         client.close()
+
+
+def _refused(client_ctx: ssl.SSLContext, addr: tuple[str, int]) -> None:
+    """Connect and send a HELLO; expect no yamux frame at all, only the end."""
+    raw = socket.create_connection(addr, timeout=10)
+    try:
+        sock = client_ctx.wrap_socket(raw, server_hostname="localhost")
+    except (ssl.SSLError, ConnectionError):
+        raw.close()
+        return  # refused in the handshake itself
+    with sock:
+        body = hello("outrelay://acme/agent/00000000-0000-4000-8000-000000000000")
+        with pytest.raises((ssl.SSLError, ConnectionError, EOFError)):
+            sock.sendall(HEADER.pack(0, DATA, SYN, 1, len(body)) + body)
+            if not sock.recv(65536):
+                raise EOFError("closed without a frame")
+
+
+def _ctx(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    ctx.set_alpn_protocols(["orp/1"])
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def test_tcp_listener_refuses_admin_role_and_missing_certificate(stack: Stack) -> None:
+    assert stack.relay is not None
+    admin_cert, admin_key = stack.ctl.leaf("admin")
+    _refused(_ctx(stack.ca, admin_cert, admin_key), stack.relay.tcp)
+    _refused(_ctx(stack.ca), stack.relay.tcp)
+    stack.relay.wait_log("TCP peer refused", timeout=10)
+    assert "admin role" in stack.relay.log()
