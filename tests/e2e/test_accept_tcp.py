@@ -34,6 +34,9 @@ from .test_accept_streams import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
+# slow in its own module (a module-level mark, not carried by the import)
+test_slow_backend_256_mib_bounded_rss = pytest.mark.slow(test_slow_backend_256_mib_bounded_rss)
+
 __all__ = [
     "test_1000_sequential_streams_byte_exact",
     "test_200_concurrent_streams_byte_exact",
