@@ -564,6 +564,8 @@ cdef class YamuxSession:
         if self._closed:
             return None
         wire = code if 0 <= code <= _GOAWAY_INTERNAL else _GOAWAY_INTERNAL
+        if type(wire) is not int:
+            _py._pack(_VERSION, _T_GOAWAY, 0, 0, wire)  # the pure twin's error, if any
         self._emit(_T_GOAWAY, 0, 0, <uint32_t>wire)
         self._finish(code, reason, True)
 
@@ -578,6 +580,8 @@ cdef class YamuxSession:
             raise ConnectionClosedError("connection is closed")
         if not 0 <= value <= _MAX_U32:
             raise ValueError(f"yamux: ping value out of range: {value}")
+        if type(value) is not int:
+            _py._pack(_VERSION, _T_PING, _F_SYN, 0, value)  # the pure twin's error, if any
         self._emit(_T_PING, _F_SYN, 0, <uint32_t>value)
 
     # -- receive -----------------------------------------------------------
