@@ -361,3 +361,22 @@ def test_session_methods_agree_with_the_pure_twin_on_odd_arguments(
         s.receive_data(frame(0, 2, 1, 10, bytes(10)))
         results.append((_outcome(_call, s, method, a, b), s.data_to_send(), drain(s), s.closed))
     assert results[0] == results[1]
+
+
+def test_sessions_take_weak_references_and_attributes_like_the_pure_twin(
+    fast: ModuleType,
+) -> None:
+    import weakref
+
+    for mod in (PURE, fast):
+        session = mod.YamuxSession(client=False)
+        ref = weakref.ref(session)
+        session.label = "leg-a"
+        assert ref() is session and session.label == "leg-a"
+        session.max_streams = 1  # public settings stay writable in both
+        session.receive_data(frame(1, 1, 1, 0) + frame(1, 1, 3, 0))
+        assert session.stream_count == 1
+        assert session.data_to_send().endswith(frame(1, 8, 3, 0))  # the second SYN: RST
+        del session
+        gc.collect()
+        assert ref() is None

@@ -29,6 +29,9 @@ cdef class _Stream:
 
 
 cdef class YamuxSession:
+    # as instances of the pure twin: weak references and extra attributes work
+    cdef dict __dict__
+    cdef object __weakref__
     cdef public bint client
     cdef public int64_t window
     cdef public Py_ssize_t max_streams
