@@ -7,6 +7,7 @@ from libc.stdint cimport int64_t, uint32_t
 cdef class _Stream:
     # flags are unsigned char (0/1), not bint, to keep an idle stream small
     cdef uint32_t id
+    cdef object key              # id as a Python int, made once for the table and events
     # send side
     cdef int64_t send_window     # bytes the peer lets us send
     cdef list queue              # over-window bytes chunks; sent from queue[q_head][q_off:]
@@ -29,6 +30,9 @@ cdef class _Stream:
 
 
 cdef class YamuxSession:
+    # as instances of the pure twin: weak references and extra attributes work
+    cdef dict __dict__
+    cdef object __weakref__
     cdef public bint client
     cdef public int64_t window
     cdef public Py_ssize_t max_streams
@@ -38,6 +42,7 @@ cdef class YamuxSession:
     cdef int64_t _half
     cdef int64_t _extra
     cdef dict _streams
+    cdef _Stream _last           # the stream of the last frame (a cache of the table)
     cdef int64_t _next_id
     cdef unsigned int _peer_parity
     cdef int64_t _peer_max
@@ -72,6 +77,7 @@ cdef class YamuxSession:
                             Py_ssize_t pos, Py_ssize_t n, object whole) except -1
     cdef Py_ssize_t _payload(self, const unsigned char* p, Py_ssize_t pos, Py_ssize_t n,
                              object whole) except -1
+    cdef _Stream _lookup(self, uint32_t sid)
     cdef _Stream _unknown(self, uint32_t sid, unsigned int flags)
     cdef unsigned int _greet(self, uint32_t sid, _Stream s) except? 0xFFFF
     cdef int _flush_hello(self) except -1

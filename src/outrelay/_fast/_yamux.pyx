@@ -142,13 +142,13 @@ cdef inline object _event3(object cls, Py_ssize_t* off, object a, object b, obje
     return o
 
 
-cdef inline object _data_event(uint32_t sid, object chunk, bint fin):
+cdef inline object _data_event(object sid, object chunk, bint fin):
     if _FAST_EVENTS:
         return _event3(StreamDataReceived, _SDR_OFF, sid, chunk, fin)
     return StreamDataReceived(sid, chunk, fin)
 
 
-cdef inline object _drained_event(uint32_t sid, int64_t drained, int64_t buffered):
+cdef inline object _drained_event(object sid, int64_t drained, int64_t buffered):
     if _FAST_EVENTS:
         return _event3(SendCapacityAvailable, _SCA_OFF, sid, drained, buffered)
     return SendCapacityAvailable(sid, drained, buffered)
@@ -248,6 +248,7 @@ cdef class _Stream:
 cdef inline _Stream _new_stream(uint32_t sid, unsigned int hello, int64_t extra, bint ours):
     cdef _Stream s = _Stream.__new__(_Stream)
     s.id = sid
+    s.key = sid
     s.send_window = _INITIAL_WINDOW
     s.queue = None  # made when data first waits for the window
     s.hello = hello
@@ -413,11 +414,11 @@ cdef class YamuxSession:
         if sid > _MAX_U32:
             raise StreamsExhausted("yamux: stream ids exhausted")
         self._next_id = sid + 2
-        key = sid
-        self._streams[key] = _new_stream(<uint32_t>sid, _F_SYN, self._extra, True)
+        cdef _Stream s = _new_stream(<uint32_t>sid, _F_SYN, self._extra, True)
+        self._streams[s.key] = s
         self._ours += 1
-        self._hello.append(key)
-        return key
+        self._hello.append(s.key)
+        return s.key
 
     def streams_available(self):
         """Streams :meth:`open_stream` can open within what the peer is assumed to accept."""
@@ -564,6 +565,8 @@ cdef class YamuxSession:
         if self._closed:
             return None
         wire = code if 0 <= code <= _GOAWAY_INTERNAL else _GOAWAY_INTERNAL
+        if type(wire) is not int:
+            _py._pack(_VERSION, _T_GOAWAY, 0, 0, wire)  # the pure twin's error, if any
         self._emit(_T_GOAWAY, 0, 0, <uint32_t>wire)
         self._finish(code, reason, True)
 
@@ -578,6 +581,8 @@ cdef class YamuxSession:
             raise ConnectionClosedError("connection is closed")
         if not 0 <= value <= _MAX_U32:
             raise ValueError(f"yamux: ping value out of range: {value}")
+        if type(value) is not int:
+            _py._pack(_VERSION, _T_PING, _F_SYN, 0, value)  # the pure twin's error, if any
         self._emit(_T_PING, _F_SYN, 0, <uint32_t>value)
 
     # -- receive -----------------------------------------------------------
@@ -623,7 +628,7 @@ cdef class YamuxSession:
         if h[0] != _VERSION:
             raise InvalidVersion(f"yamux: unsupported version {h[0]}")
         if kind == _T_DATA:
-            s = self._streams.get(sid)
+            s = self._lookup(sid)
             if s is None or flags & _F_SYN:
                 s = self._unknown(sid, flags)
             if s is not None and flags & _F_RST:
@@ -651,7 +656,7 @@ cdef class YamuxSession:
                 if pos < n:
                     pos = self._payload(p, pos, n, whole)
         elif kind == _T_WINDOW:
-            s = self._streams.get(sid)
+            s = self._lookup(sid)
             if s is None or flags & _F_SYN:
                 s = self._unknown(sid, flags)
             if s is None:
@@ -717,8 +722,18 @@ cdef class YamuxSession:
         if fin:
             self._peer_fin(sid, s, chunk)
         else:
-            self._events.append(_data_event(sid, chunk, False))
+            self._events.append(_data_event(s.key, chunk, False))
         return pos + take
+
+    cdef _Stream _lookup(self, uint32_t sid):
+        # The table, behind a one-entry cache: frames come in runs per stream.
+        cdef _Stream s = self._last
+        if s is not None and s.id == sid:
+            return s
+        s = self._streams.get(sid)
+        if s is not None:
+            self._last = s
+        return s
 
     cdef _Stream _unknown(self, uint32_t sid, unsigned int flags):
         # A frame with SYN, or for a stream not in the table: the stream, or
@@ -754,9 +769,9 @@ cdef class YamuxSession:
             self._emit(_T_WINDOW, _F_RST, sid, 0)
             return None
         cdef _Stream s = _new_stream(sid, _F_ACK, self._extra, False)
-        self._streams[sid] = s
+        self._streams[s.key] = s
         self._theirs += 1
-        self._hello.append(sid)
+        self._hello.append(s.key)
         return s
 
     # -- send ----------------------------------------------------------------
@@ -849,7 +864,7 @@ cdef class YamuxSession:
     cdef int _peer_fin(self, uint32_t sid, _Stream s, object chunk) except -1:
         s.recv_done = True
         if not s.released:
-            self._events.append(_data_event(sid, chunk, True))
+            self._events.append(_data_event(s.key, chunk, True))
         if s.send_done:
             self._forget(sid, s)
         return 0
@@ -873,6 +888,8 @@ cdef class YamuxSession:
         s.q_head = 0
         s.q_off = 0
         s.queued = 0
+        if self._last is s:
+            self._last = None
         if self._streams.pop(sid, None) is not None:
             if s.ours:
                 self._ours -= 1
@@ -885,7 +902,7 @@ cdef class YamuxSession:
         for obj in self._drained:
             s = <_Stream>obj
             if s.in_drained:
-                self._events.append(_drained_event(s.id, s.drained, s.queued))
+                self._events.append(_drained_event(s.key, s.drained, s.queued))
                 s.in_drained = False
                 s.drained = 0
         del self._drained[:]
@@ -904,6 +921,7 @@ cdef class YamuxSession:
             return 0
         self._closed = True
         self._streams.clear()
+        self._last = None
         for obj in self._drained:
             (<_Stream>obj).in_drained = False
             (<_Stream>obj).drained = 0
