@@ -135,6 +135,11 @@ class ResumableState:
         return self._ring.capacity
 
     @property
+    def ring_max(self) -> int:
+        """The most bytes the ring may hold (more unacknowledged: no resume)."""
+        return self._max
+
+    @property
     def ring_len(self) -> int:
         """Bytes held in the ring (sent, not yet acknowledged by the peer)."""
         return len(self._ring)

@@ -315,6 +315,8 @@ class RelayStreamTransport(asyncio.Transport):
     def send_capacity(self, buffered: int) -> None:
         """The relay acknowledged data; ``buffered`` bytes remain unacknowledged."""
         if self._write_paused and buffered <= self._low and self._protocol is not None:
+            if self._ring_full(low=True):
+                return  # the peer's checkpoint will resume writing
             self._write_paused = False
             self._protocol.resume_writing()
 
@@ -409,6 +411,15 @@ class RelayStreamTransport(asyncio.Transport):
         """The peer's STREAM_CHECKPOINT: free the ring below ``peer_ack``."""
         if self.state is not None:
             self.state.on_peer_checkpoint(peer_ack)
+            if (
+                self._write_paused
+                and self._protocol is not None
+                and self.live
+                and not self._ring_full(low=True)
+                and self._buffered() <= self._low
+            ):
+                self._write_paused = False
+                self._protocol.resume_writing()
 
     # -- internals --------------------------------------------------------
 
@@ -426,10 +437,24 @@ class RelayStreamTransport(asyncio.Transport):
         # Lost or resuming: what will be re-sent is what the peer has not acknowledged.
         return self.state.ring_len if self.state is not None else 0
 
+    def _ring_full(self, *, low: bool = False) -> bool:
+        """The ring of unacknowledged bytes is filling up (``low``: still above the resume mark).
+
+        A fast transport (TCP) moves more bytes between two of the peer's
+        checkpoints (100 ms) than the ring may hold; writing on would overrun
+        it and the stream could no longer resume. So the writer pauses at 3/4
+        of ``ring_max`` and resumes below 1/2, when checkpoints free the ring.
+        """
+        state = self.state
+        if state is None:
+            return False
+        mark = state.ring_max // 2 if low else state.ring_max * 3 // 4
+        return state.ring_len > mark
+
     def _check_pause(self) -> None:
         if self._write_paused or self._protocol is None:
             return
-        if self._buffered() > self._high:
+        if self._buffered() > self._high or self._ring_full():
             self._write_paused = True
             self._protocol.pause_writing()
 
