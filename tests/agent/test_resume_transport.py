@@ -174,3 +174,24 @@ async def test_close_during_the_pause_flushes_after_resume() -> None:
     t.resumed(0, 0, 1.0)
     assert bytes(new.sent[8]) == b"last words" and 8 in new.fin
     assert t.finished
+
+
+@run
+async def test_a_fast_live_stream_pauses_before_its_ring_overruns() -> None:
+    """The relay drains at once (TCP speed): unacknowledged bytes pile up in the ring
+    only; the writer pauses at 3/4 of ring_max and resumes below 1/2 on the peer's
+    checkpoint, so the stream stays resumable (no overrun)."""
+    session = StubSession()  # send_buffered 0: the transport takes everything at once
+    t, _, writer = _pair(session, ring_min=1024, ring_max=8192)
+    writer.write(b"y" * 7000)  # > 3/4 of 8192 unacknowledged by the peer
+    drain = asyncio.ensure_future(writer.drain())
+    await asyncio.sleep(0)
+    assert not drain.done()
+    t.send_capacity(0)  # the relay took it all: still paused (the ring is full)
+    await asyncio.sleep(0)
+    assert not drain.done()
+    t.peer_checkpoint(4000)  # the peer's application has 4000: ring 3000 < 4096
+    await asyncio.wait_for(drain, 1)
+    assert t.state is not None and t.state.ring_len == 3000
+    assert t.can_resume
+    writer.close()
