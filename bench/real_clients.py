@@ -526,7 +526,7 @@ def ratio(ours: float | None, ssh: float | None) -> str:
     if not ours or not ssh:
         return "-"
     r = ours / ssh
-    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
+    return f"{r:.3f}x" if r < 0.1 else f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
 
 
 def table(columns: list[Column], ours: Column | None, ssh: Column | None) -> str:
@@ -566,9 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(KINDS), help="comma-separated columns: direct,quic,tcp,ssh"
     )
+    from outrelay.loop import DEFAULT as default_loop
+
     parser.add_argument(
         "--loop",
-        default="auto",
+        default=default_loop,
         help="--loop of the OutRelay components; comma-separated for a column per loop "
         "(e.g. asyncio,uvloop)",
     )

@@ -3,8 +3,13 @@
 ``outrelay relay``, ``agent`` and ``controller`` take ``--loop
 auto|asyncio|uvloop`` (``OUTRELAY_<CMD>_LOOP``). ``auto`` is uvloop when it
 is installed (``pip install 'outrelay[fast]'``) and the standard loop
-otherwise; ``uvloop`` when it is not installed is a usage error. The figures
-behind the default are in docs/performance.md.
+otherwise; ``uvloop`` when it is not installed is a usage error.
+
+The default is ``asyncio``: on the QUIC transport uvloop measured slower
+(docs/performance.md has the figures). Its clock (``loop.time()``) and its
+timers have libuv's 1 ms resolution, while aioquic paces packets and
+measures RTT in microseconds: pacing timers below 1 ms fire at once and the
+connection wakes far more often than it sends.
 
 :func:`run` replaces ``asyncio.run`` at each component's entry point; it logs
 the loop it runs on (``event loop`` with ``loop=uvloop|asyncio``).
@@ -26,8 +31,8 @@ T = TypeVar("T")
 
 #: The values of ``--loop``.
 CHOICES = ("auto", "asyncio", "uvloop")
-#: ``--loop`` when not given.
-DEFAULT = "auto"
+#: ``--loop`` when not given (see the module docstring for why not ``auto``).
+DEFAULT = "asyncio"
 #: How to get uvloop, in the error for ``--loop uvloop`` without it.
 INSTALL_HINT = "pip install 'outrelay[fast]' (or uvloop)"
 

@@ -38,8 +38,10 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 def test_loop_option_is_documented_in_help(command: str) -> None:
     code, out = invoke(command, "--help")
     assert code == 0, out
-    assert "--loop [auto|asyncio|uvloop]" in out
-    assert "uvloop when installed" in out
+    text = " ".join(out.split())
+    assert "--loop [auto|asyncio|uvloop]" in text
+    assert "uvloop when installed" in text
+    assert "[default: asyncio]" in text.split("--loop", 1)[1]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -53,9 +55,7 @@ def test_unknown_loop_is_a_one_line_usage_error(command: str) -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_uvloop_when_not_installed_is_a_one_line_usage_error(
-    command: str, no_uvloop: None
-) -> None:
+def test_uvloop_when_not_installed_is_a_one_line_usage_error(command: str, no_uvloop: None) -> None:
     code, out = invoke(command, "--loop", "uvloop")
     assert code == 2, out
     lines = out.strip().splitlines()
@@ -95,6 +95,7 @@ async def _which() -> str:
 
 def test_run_on_the_standard_loop() -> None:
     assert loops.run(_which(), "asyncio") == "asyncio"
+    assert loops.run(_which()) == "asyncio"  # the default
 
 
 @needs_uvloop

@@ -78,8 +78,9 @@ def loop_option(fn: F) -> F:
         default=loops.DEFAULT,
         show_default=True,
         callback=_resolve_loop,
-        help="Event loop: uvloop (faster; pip install 'outrelay[fast]'), asyncio (the "
-        "standard loop), or auto: uvloop when installed, else asyncio.",
+        help="Event loop: asyncio (the standard loop), uvloop (pip install "
+        "'outrelay[fast]'; 1 ms timers, slower on QUIC: docs/performance.md), or auto: "
+        "uvloop when installed, else asyncio.",
     )(fn)
 
 
