@@ -348,7 +348,10 @@ class OutRelay:
         self.work = work
         self.procs = procs
         self.backends = backends
-        self.pki = dev_pki(work / "pki", tenant=TENANT)
+        pki = work / "pki"
+        self.pki = pki if (pki / "ca.crt").exists() else dev_pki(pki, tenant=TENANT)
+        for name in ("controller.db", "controller.db-wal", "controller.db-shm"):
+            (work / name).unlink(missing_ok=True)  # a rerun in the same --workdir
         self.ctl = ControllerProcess(work, self.pki)
         self.ctl.start()
         self._policy()
@@ -534,7 +537,7 @@ def table(columns: list[Column], ours: Column | None, ssh: Column | None) -> str
     with_ratio = ours is not None and ssh is not None
     if with_ratio:
         assert ours is not None
-        heads.append(f"ours/ssh ({ours.title.removeprefix('OutRelay ')})")
+        heads.append(f"ours/ssh: {ours.title.removeprefix('OutRelay ')}")
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for key, label, _ in ROWS:
         cells = [label, *(fmt(key, c.values.get(key)) for c in columns)]
