@@ -353,8 +353,12 @@ class OutRelay:
         for name in ("controller.db", "controller.db-wal", "controller.db-shm"):
             (work / name).unlink(missing_ok=True)  # a rerun in the same --workdir
         self.ctl = ControllerProcess(work, self.pki)
-        self.ctl.start()
-        self._policy()
+        try:
+            self.ctl.start()
+            self._policy()
+        except BaseException:
+            self.ctl.kill()  # nobody else holds it yet
+            raise
 
     def _policy(self) -> None:
         from outrelay.childproc import child_env
@@ -628,17 +632,25 @@ def main(argv: list[str] | None = None) -> int:
                     title = TITLES[kind] + (f" ({loop})" if len(loops) > 1 else "")
                     col = Column(kind, title, loop)
                     say(f"{col.title} ...")
-                    with outrelay.column(kind, loop) as (ports, pids):
-                        measure(col, ports.iperf, ports.redis, seconds, lambda p=pids: p)
+                    try:
+                        with outrelay.column(kind, loop) as (ports, pids):
+                            measure(col, ports.iperf, ports.redis, seconds, lambda p=pids: p)
+                    except RuntimeError as exc:  # NotReadyError too
+                        say(f"{col.title} column skipped: {exc}")
+                        continue
                     columns.append(col)
             else:
                 col = Column(kind, TITLES[kind])
                 say(f"{col.title} ...")
-                with ssh_column(work, procs, backends) as (ports, sshd_pid):
-                    measure(
-                        col, ports.iperf, ports.redis, seconds,
-                        lambda: descendants(sshd_pid),
-                    )  # fmt: skip
+                try:
+                    with ssh_column(work, procs, backends) as (ports, sshd_pid):
+                        measure(
+                            col, ports.iperf, ports.redis, seconds,
+                            lambda: descendants(sshd_pid),
+                        )  # fmt: skip
+                except (RuntimeError, subprocess.SubprocessError) as exc:
+                    say(f"ssh -R column skipped: {exc}")
+                    continue
                 columns.append(col)
     finally:
         if outrelay is not None:
