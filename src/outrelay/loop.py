@@ -5,11 +5,11 @@ auto|asyncio|uvloop`` (``OUTRELAY_<CMD>_LOOP``). ``auto`` is uvloop when it
 is installed (``pip install 'outrelay[fast]'``) and the standard loop
 otherwise; ``uvloop`` when it is not installed is a usage error.
 
-The default is ``asyncio``: on the QUIC transport uvloop measured slower
-(docs/performance.md has the figures). Its clock (``loop.time()``) and its
-timers have libuv's 1 ms resolution, while aioquic paces packets and
-measures RTT in microseconds: pacing timers below 1 ms fire at once and the
-connection wakes far more often than it sends.
+The default is ``asyncio``: on the QUIC transport uvloop measured slower,
+on TCP + TLS + yamux faster (docs/performance.md has the figures). Its clock
+(``loop.time()``) and its timers have libuv's 1 ms resolution, while aioquic
+paces packets and measures RTT in microseconds: pacing timers below 1 ms
+fire at once and are re-armed until the clock ticks.
 
 :func:`run` replaces ``asyncio.run`` at each component's entry point; it logs
 the loop it runs on (``event loop`` with ``loop=uvloop|asyncio``).
