@@ -9,13 +9,13 @@ listener cannot be bound or, with --exit-on-failure, when no relay answers
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
 import click
 
-from outrelay.cli import exit_codes, fail, log_options
+from outrelay import loop as loops
+from outrelay.cli import exit_codes, fail, log_options, loop_option
 from outrelay.cli.errors import check_tls_files
 from outrelay.cli.types import DURATION, SIZE
 
@@ -142,6 +142,7 @@ def _mappings(values: tuple[str, ...], flag: str) -> tuple[Mapping, ...]:
 @click.option("--debug-listen", default="", help="Debug HTTP HOST:PORT ('' disables).")
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @log_options
+@loop_option
 @click.option(
     "--ready-file",
     default="",
@@ -169,6 +170,7 @@ def agent(
     metrics_dump: str,
     log_format: str,
     log_level: str,
+    loop: str,
     ready_file: str,
 ) -> None:
     """Run an agent: one mTLS session (QUIC or TCP+TLS) to the first relay that answers.
@@ -271,4 +273,4 @@ def agent(
 
     setup_logging(config.log_level, config.log_format)
     with exit_codes("agent: ", runtime=(ValueError,)), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(config))
+        loops.run(run(config), loop)

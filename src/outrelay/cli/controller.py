@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from outrelay.cli import exit_codes, log_options
+from outrelay.cli import exit_codes, log_options, loop_option
 from outrelay.cli.types import DURATION
 from outrelay.controller.config import ControllerConfig
 
@@ -44,6 +44,7 @@ from outrelay.controller.config import ControllerConfig
     "--debug-listen", default="127.0.0.1:9101", show_default=True, help="Debug HTTP ('' disables)."
 )
 @log_options
+@loop_option
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @click.option("--metrics-interval", type=DURATION, default="10s", show_default=True)
 @click.option(
@@ -84,11 +85,12 @@ def controller(ctx: click.Context, **options: object) -> None:
     from outrelay.controller.server import check, run
     from outrelay.observe import setup_logging
 
+    loop = str(options.pop("loop"))
     config = ControllerConfig(**options)  # type: ignore[arg-type]
     with exit_codes():
         check(config)  # every flag, before any log line or file
         setup_logging(config.log_level, config.log_format)
-        run(config)
+        run(config, loop=loop)
 
 
 @controller.command()

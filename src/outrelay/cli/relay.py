@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from outrelay.cli import exit_codes, log_options
+from outrelay.cli import exit_codes, log_options, loop_option
 from outrelay.cli.errors import check_tls_files
 from outrelay.cli.types import DURATION, SIZE
 
@@ -61,6 +61,7 @@ from outrelay.cli.types import DURATION, SIZE
 @click.option("--metrics-dump", default="", help="Append metrics snapshots (JSONL) to this file.")
 @click.option("--metrics-interval", type=DURATION, default="10s", show_default=True)
 @log_options
+@loop_option
 @click.option(
     "--window", type=SIZE, default="1MiB", show_default=True, help="Bytes held per stream."
 )
@@ -140,6 +141,7 @@ def relay(**options: object) -> None:
     from outrelay.relay.server import StartError, run
     from outrelay.tlsfiles import read_file
 
+    loop = str(options.pop("loop"))
     config = RelayConfig(**options)  # type: ignore[arg-type]
     with exit_codes(usage=(ConfigError,), runtime=(StartError,)):
         config.check()
@@ -147,4 +149,4 @@ def relay(**options: object) -> None:
         if config.controller_ca:
             read_file(config.controller_ca, "--controller-ca")
         setup_logging(config.log_level, config.log_format)
-        run(config)
+        run(config, loop=loop)

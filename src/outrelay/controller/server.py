@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from outrelay import __version__
+from outrelay import loop as loops
 from outrelay.childproc import write_ready_file
 from outrelay.controller.audit import AuditService, run_retention
 from outrelay.controller.auth import RoleInterceptor
@@ -335,7 +336,12 @@ async def serve(config: ControllerConfig, stop: asyncio.Event) -> None:
         await controller.stop()
 
 
-def run(config: ControllerConfig, *, on_signal: Callable[[int], None] | None = None) -> None:
+def run(
+    config: ControllerConfig,
+    *,
+    on_signal: Callable[[int], None] | None = None,
+    loop: str = loops.DEFAULT,
+) -> None:
     """Serve until SIGINT or SIGTERM (the ``outrelay controller`` command).
 
     Raises ConfigError (exit 2 in the CLI), BindError or StoreError (exit 1)
@@ -358,4 +364,4 @@ def run(config: ControllerConfig, *, on_signal: Callable[[int], None] | None = N
             loop.add_signal_handler(signum, handle)
         await serve(config, stop)
 
-    asyncio.run(main())
+    loops.run(main(), loop)

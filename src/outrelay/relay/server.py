@@ -46,6 +46,7 @@ from typing import Any
 
 import grpc
 
+from outrelay import loop as loops
 from outrelay.childproc import write_ready_file
 from outrelay.identity import Role
 from outrelay.observe import REGISTRY, DebugServer, Registry, kv, run_dumper
@@ -699,7 +700,12 @@ async def serve_until(config: RelayConfig, stop: asyncio.Event) -> None:
         await relay.stop()
 
 
-def run(config: RelayConfig, *, on_signal: Callable[[int], None] | None = None) -> None:
+def run(
+    config: RelayConfig,
+    *,
+    on_signal: Callable[[int], None] | None = None,
+    loop: str = loops.DEFAULT,
+) -> None:
     """Serve until SIGINT or SIGTERM (the ``outrelay relay`` command).
 
     Raises ConfigError or StartError when the relay cannot start.
@@ -719,4 +725,4 @@ def run(config: RelayConfig, *, on_signal: Callable[[int], None] | None = None) 
             loop.add_signal_handler(signum, handle)
         await serve_until(config, stop)
 
-    asyncio.run(main())
+    loops.run(main(), loop)
