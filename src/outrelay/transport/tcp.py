@@ -34,7 +34,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 
@@ -460,9 +460,9 @@ class _TcpProtocol(asyncio.Protocol):
         self.on_made: Callable[[_TcpProtocol], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        # uvloop's transports are not asyncio.Transport subclasses: a cast, no check
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         if self.on_made is not None:
             self.on_made(self)
 
@@ -503,8 +503,7 @@ class _Accepting(asyncio.Protocol):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._server._accepted(transport)
+        self._server._accepted(cast(asyncio.Transport, transport))
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
@@ -570,7 +569,6 @@ class TcpServer:
         if tls is None:  # pragma: no cover - only for a transport that cannot do TLS
             raw.close()
             return
-        assert isinstance(tls, asyncio.Transport)
         proto.connection_made(tls)
         try:
             verified = _verify(tls, self.config, self._ca, is_client=False)
@@ -657,7 +655,6 @@ async def connect_tcp(
             )
     except ssl.SSLError as exc:
         raise HandshakeError(f"TLS handshake with {host}:{port} failed: {exc}") from None
-    assert isinstance(transport, asyncio.Transport)  # asyncio sets TCP_NODELAY itself
     try:
         verified = _verify(transport, config, ca, is_client=True)
     except PeerVerificationError as exc:
