@@ -12,7 +12,8 @@ paces packets and measures RTT in microseconds: pacing timers below 1 ms
 fire at once and are re-armed until the clock ticks.
 
 :func:`run` replaces ``asyncio.run`` at each component's entry point; it logs
-the loop it runs on (``event loop`` with ``loop=uvloop|asyncio``).
+the loop it runs on at debug level (``event loop`` with ``loop=uvloop|asyncio``),
+so a start-up error stays the only line on stderr.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run(main: Coroutine[Any, Any, T], choice: str = DEFAULT) -> T:
         raise
 
     async def logged() -> T:
-        log.info("event loop", extra=kv(loop=running()))
+        log.debug("event loop", extra=kv(loop=running()))
         return await main
 
     with asyncio.Runner(loop_factory=factory) as runner:

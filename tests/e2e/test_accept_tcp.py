@@ -1,7 +1,8 @@
 """The QUIC path's acceptance set, run again with every agent on ``--transport tcp``.
 
-Same tests as ``test_accept_streams.py`` and ``test_accept_slow_consumer.py``
-(imported below, so they run once per module): 64 MiB each way, 1,000
+Same tests as ``test_accept_streams.py`` (imported below, so they run once
+per module; the slow consumer runs on its own TCP stack in
+``test_accept_slow_consumer_tcp.py``): 64 MiB each way, 1,000
 sequential and 200 concurrent streams byte-exact, 403/404/503/409 with
 their reasons, policy changes within 1 s, deregistration, audit, and the
 slow consumer with bounded relay and agent RSS. Here the relay also listens
@@ -17,7 +18,6 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from .conftest import AgentProcess, Stack
-from .test_accept_slow_consumer import test_slow_backend_256_mib_bounded_rss
 from .test_accept_streams import (
     test_64_mib_each_way_sha256,
     test_200_concurrent_streams_byte_exact,
@@ -34,8 +34,6 @@ from .test_accept_streams import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
-# slow in its own module (a module-level mark, not carried by the import)
-test_slow_backend_256_mib_bounded_rss = pytest.mark.slow(test_slow_backend_256_mib_bounded_rss)
 
 __all__ = [
     "test_1000_sequential_streams_byte_exact",
@@ -46,7 +44,6 @@ __all__ = [
     "test_policy_add_and_remove_take_effect_within_1s",
     "test_policy_denied_403_with_reason",
     "test_provider_agent_stopped_deregistered_404",
-    "test_slow_backend_256_mib_bounded_rss",
     "test_stream_id_collision_409",
     "test_unknown_service_404",
     "world",

@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 BODY = b"hello over uvloop\n"
-UVLOOP = ["--loop", "uvloop"]
+UVLOOP = ["--loop", "uvloop", "--log-level", "debug"]  # the loop is logged at debug level
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
