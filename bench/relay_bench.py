@@ -224,13 +224,12 @@ def _transport_config(args: argparse.Namespace, name: str | None) -> Any:
 async def _dial(args: argparse.Namespace, name: str | None, on_incoming: Any = None) -> Peer:
     from outrelay.orp import FrameType, encode_message
     from outrelay.proto import orp_pb2
+
     host, _, port = args.addr.rpartition(":")
     if args.transport == "tcp":
         from outrelay.transport.tcp import connect_tcp
 
-        link: Any = await connect_tcp(
-            _transport_config(args, name), host, int(port), timeout=10.0
-        )
+        link: Any = await connect_tcp(_transport_config(args, name), host, int(port), timeout=10.0)
     else:
         from outrelay.transport import connect
 
