@@ -324,7 +324,7 @@ def extra_agent_args(extra: list[str]) -> None:
         def __init__(self, workdir: Path, name: str, args: list[str]) -> None:
             super().__init__(workdir, name, [*args, *extra])
 
-    testing.AgentProcess = WithArgs  # type: ignore[misc]
+    testing.AgentProcess = WithArgs  # type: ignore[assignment, misc]
 
 
 def parse_size(text: str) -> int:
