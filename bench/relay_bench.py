@@ -2,6 +2,8 @@
 
     python bench/relay_bench.py            # 3 interleaved rounds, medians (a few minutes)
     python bench/relay_bench.py --quick    # 1 round, smaller sizes (about a minute)
+    python bench/relay_bench.py --transport tcp --phases rss --rounds 1
+                                           # the same phases, ours over TCP+TLS+yamux
 
 What runs (all processes, loopback only, everything killed by PID at the end):
 
@@ -39,6 +41,14 @@ Metrics, measured in the client process:
   VmRSS just before, / 1,000. Measured first, on a fresh process.
 
 Rounds alternate which system goes first; the table shows medians.
+
+``--transport tcp`` runs "ours" over the relay's ``--listen-tcp`` listener
+(TCP + TLS 1.3 + yamux, ``outrelay.transport.tcp``) instead of QUIC: the same
+provider and client code, the same phases, on a ``TcpLink``. The bare
+forwarder is QUIC only, so its column stays the QUIC baseline (the ratio
+column then compares TCP ours against bare QUIC). ``--transport both`` runs
+ours over QUIC and over TCP in the same run and prints both columns, e.g.
+``--transport both --phases rss --rounds 1`` for the idle-stream RSS of each.
 """
 
 from __future__ import annotations
@@ -214,10 +224,16 @@ def _transport_config(args: argparse.Namespace, name: str | None) -> Any:
 async def _dial(args: argparse.Namespace, name: str | None, on_incoming: Any = None) -> Peer:
     from outrelay.orp import FrameType, encode_message
     from outrelay.proto import orp_pb2
-    from outrelay.transport import connect
 
     host, _, port = args.addr.rpartition(":")
-    link = await connect(host, int(port), _transport_config(args, name), timeout=10.0)
+    if args.transport == "tcp":
+        from outrelay.transport.tcp import connect_tcp
+
+        link: Any = await connect_tcp(_transport_config(args, name), host, int(port), timeout=10.0)
+    else:
+        from outrelay.transport import connect
+
+        link = await connect(host, int(port), _transport_config(args, name), timeout=10.0)
     peer = Peer(link, on_incoming)
     control = peer.open()
     assert control.id == 0
@@ -510,10 +526,12 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float, what: str) -> str:
     return line
 
 
-def _child(role: str, system: str, addr: str, args: argparse.Namespace, work: Path) -> list[str]:
+def _child(
+    role: str, system: str, addr: str, args: argparse.Namespace, work: Path, transport: str
+) -> list[str]:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--role", role, "--system", system,
-        "--addr", addr, "--certs", str(work / "certs"),
+        "--addr", addr, "--certs", str(work / "certs"), "--transport", transport,
         "--providers", str(args.providers), "--clients", str(args.clients),
         "--idle", str(args.idle), "--rtt", str(args.rtt),
         "--open-seconds", str(args.open_seconds), "--bulk-mib", str(args.bulk_mib),
@@ -525,11 +543,16 @@ def _child(role: str, system: str, addr: str, args: argparse.Namespace, work: Pa
 def run_system(
     system: str, args: argparse.Namespace, work: Path, procs: Procs, controller: str
 ) -> dict[str, float]:
-    """One measurement pass over a fresh relay (or forwarder); returns the client's results."""
+    """One measurement pass over a fresh relay (or forwarder); returns the client's results.
+
+    ``system``: ``ours`` (the relay over QUIC), ``tcp`` (the relay over its
+    ``--listen-tcp`` listener) or ``bare`` (the aioquic forwarder).
+    """
     pki = work / "pki"
     server: subprocess.Popen[bytes]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTRELAY_")}
-    if system == "ours":
+    transport = "tcp" if system == "tcp" else "quic"
+    if system in ("ours", "tcp"):
         ready = work / "relay-ready.json"
         ready.unlink(missing_ok=True)
         tenant = any(a.startswith("--tenant") for a in args.relay_arg)
@@ -539,6 +562,7 @@ def run_system(
             "--key", str(pki / "relay-r1.key"), "--ca", str(pki / "ca.crt"),
             "--controller", controller, "--ready-file", str(ready),
             *([] if tenant else ["--no-policy"]), *args.relay_arg,
+            *(["--listen-tcp", "127.0.0.1:0"] if transport == "tcp" else []),
         ]  # fmt: skip
         server = procs.start(cmd, work / "relay.log", env=env, cwd=work)
         deadline = time.monotonic() + 30
@@ -546,7 +570,7 @@ def run_system(
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("relay did not start; see relay.log")
             time.sleep(0.05)
-        addr = json.loads(ready.read_text())["quic"]
+        addr = json.loads(ready.read_text())[transport]
     else:
         cmd = [
             sys.executable, str(HERE / "quic_forwarder.py"), "--port", "0",
@@ -554,6 +578,7 @@ def run_system(
         ]  # fmt: skip
         server = procs.start(cmd, work / "forwarder.log", env=env)
         addr = "127.0.0.1:" + _read_line(server, 30, "forwarder").split()[1]
+    child_system = "bare" if system == "bare" else "ours"
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         n = len(list(args.profile.glob(f"{system}-*.txt")))
@@ -564,14 +589,16 @@ def run_system(
         spy_proc = procs.start(spy, work / "py-spy.log")
     try:
         provider = procs.start(
-            _child("provider", system, addr, args, work), work / "provider.log", env=env
+            _child("provider", child_system, addr, args, work, transport),
+            work / "provider.log",
+            env=env,
         )
         try:
             line = _read_line(provider, 60, "provider")
             assert line == "ready", line
             client = procs.start(
                 [
-                    *_child("client", system, addr, args, work),
+                    *_child("client", child_system, addr, args, work, transport),
                     "--server-pid",
                     str(server.pid),
                     "--provider-pid",
@@ -638,28 +665,47 @@ ROWS: list[tuple[str, str, str, str]] = [
 ]
 
 
+#: Column heading of each system in the table.
+HEADINGS = {"ours": "ours", "tcp": "ours/tcp", "bare": "bare"}
+
+
 def table(runs: dict[str, list[dict[str, float]]]) -> tuple[str, bool]:
-    """The result table (medians over rounds) and whether every target holds."""
-    lines = [
-        f"{'metric':34} {'ours':>9} {'bare':>9} {'ours/bare':>9} {'target':>9}  ok",
-        "-" * 78,
-    ]
+    """The result table (medians over rounds) and whether every target holds.
+
+    One column per system that ran (``ours`` over QUIC, ``tcp`` = ours over
+    TCP, ``bare``), then one ratio column per ours column against bare. A
+    target is checked on every ours column.
+    """
+    mine = [s for s in ("ours", "tcp") if s in runs]
+    systems = [*mine, "bare"]
+    if mine == ["ours"]:
+        ratios = ["ours/bare"]
+    else:
+        ratios = [f"{'quic' if s == 'ours' else s}/bare" for s in mine]
+    heads = [HEADINGS[s] for s in systems] + ratios
+    width = 34 + 10 * len(heads) + 10 + 4
+    lines = [f"{'metric':34} " + " ".join(f"{h:>9}" for h in heads) + f" {'target':>9}  ok"]
+    lines.append("-" * width)
     all_ok = True
     for key, label, _, target in ROWS:
-        if not all(key in r for r in runs["ours"] + runs["bare"]):
+        if not all(key in r for s in systems for r in runs[s]):
             continue
-        ours = statistics.median(r[key] for r in runs["ours"])
-        bare = statistics.median(r[key] for r in runs["bare"])
-        ratio = ours / bare if bare else float("nan")
-        if target.startswith(">="):
-            ok: bool | None = ratio >= float(target.split()[1])
-        elif target.startswith("<="):
-            ok = ours * 1024 / 1000 <= float(target.split()[1])  # KiB -> KB
-        else:
-            ok = None
+        value = {s: statistics.median(r[key] for r in runs[s]) for s in systems}
+        bare = value["bare"]
+        ratio = {s: value[s] / bare if bare else float("nan") for s in mine}
+        oks: list[bool] = []
+        for s in mine:
+            if target.startswith(">="):
+                oks.append(ratio[s] >= float(target.split()[1]))
+            elif target.startswith("<="):
+                oks.append(value[s] * 1024 / 1000 <= float(target.split()[1]))  # KiB -> KB
+        ok: bool | None = all(oks) if oks else None
         all_ok = all_ok and ok is not False
         mark = "" if ok is None else ("yes" if ok else "NO")
-        lines.append(f"{label:34} {ours:9.2f} {bare:9.2f} {ratio:9.2f} {target:>9}  {mark}")
+        cells = [value[s] for s in systems] + [ratio[s] for s in mine]
+        lines.append(
+            f"{label:34} " + " ".join(f"{c:9.2f}" for c in cells) + f" {target:>9}  {mark}"
+        )
     return "\n".join(lines), all_ok
 
 
@@ -672,7 +718,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    runs: dict[str, list[dict[str, float]]] = {"ours": [], "bare": []}
+    mine = {"quic": ["ours"], "tcp": ["tcp"], "both": ["ours", "tcp"]}[args.transport]
+    systems = [*mine, "bare"]
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         work = Path(tmp)
         controller: ControllerProcess | None = None
@@ -683,7 +731,8 @@ def orchestrate(args: argparse.Namespace) -> int:
             for i in range(args.providers):  # bind rules: who may provide SERVICE
                 controller.allow_bind(_uri_of(work / "certs" / f"provider-{i}.crt"), SERVICE)
             for rnd in range(args.rounds):
-                order = ("ours", "bare") if rnd % 2 == 0 else ("bare", "ours")
+                # rotate which system goes first (two systems: alternate)
+                order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
                 for system in order:
                     t0 = time.monotonic()
                     result = run_system(system, args, work, procs, controller.target)
@@ -709,6 +758,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     print(
         f"relay_bench: {args.rounds} round(s), bulk {args.bulk_mib} MiB, {args.rtt} RTTs, "
         f"opens {args.open_seconds:g}s, {args.idle} idle streams; medians"
+        + ("" if args.transport == "quic" else f"; ours over {args.transport}")
     )
     print(text)
     return 0 if ok else 1
@@ -726,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=32, help="client connections")
     parser.add_argument(
         "--phases", default="rss,rtt,opens,bulk", help="comma list of rss,rtt,opens,bulk"
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("quic", "tcp", "both"),
+        default="quic",
+        help="ours over QUIC (default), over the relay's --listen-tcp (TCP+TLS+yamux), or both",
     )
     parser.add_argument("--profile", type=Path, help="py-spy each server into this directory")
     parser.add_argument(
