@@ -63,6 +63,21 @@ def test_checkpoint_only_when_data_flowed() -> None:
     assert st.checkpoint() is None
 
 
+def test_checkpoint_due_after_a_quarter_of_the_ring_received() -> None:
+    """A fast stream is acknowledged by volume too: once a quarter of ring_max
+    arrived since the last checkpoint, one is due at once (not at the next tick)."""
+    st = ResumableState(SID, ring_min=4096, ring_max=4096)
+    assert not st.checkpoint_due
+    st.filter_inbound(b"y" * 1023)
+    assert not st.checkpoint_due
+    st.filter_inbound(b"y")
+    assert st.checkpoint_due  # 1024 = 4096 / 4
+    assert st.checkpoint() == (0, 1024)
+    assert not st.checkpoint_due  # counted from the last checkpoint
+    st.on_write(b"x" * 4096)  # what we send does not make one due
+    assert not st.checkpoint_due
+
+
 def test_no_checkpoint_while_lost_then_one_after_resume() -> None:
     st = ResumableState(SID)
     st.on_write(b"x" * 10)

@@ -199,28 +199,31 @@ def test_tcp_reset_stream_reaches_the_peer(pki: PKI) -> None:
 
 def test_tcp_never_read_stream_holds_at_most_one_window(pki: PKI) -> None:
     """A receiver that never grants: the sender's bytes wait in its own queue, the
-    receiver gets one yamux window (256 KiB) and no more."""
+    receiver gets one stream window (``stream_window``, announced on the stream's
+    first frame) and no more."""
 
     async def main() -> None:
-        async with listener(server_config(pki), auto_grant=False) as lst:
+        config = server_config(pki)
+        window = config.stream_window
+        async with listener(config, auto_grant=False) as lst:
             client, server = await pair(lst, client_config(pki))
             sid = client.link.open_stream()
-            total = 4 * 1024 * KiB
+            total = 4 * window
             client.link.send(sid, b"z" * total)
-            await server.until(lambda: len(server.data.get(sid, b"")) >= 256 * KiB)
+            await server.until(lambda: len(server.data.get(sid, b"")) >= window)
             # give the wire every chance to deliver more than the window
             for _ in range(50):
                 await asyncio.sleep(0)
             await asyncio.sleep(0.2)
             got = len(server.data[sid])
-            assert got == 256 * KiB
-            assert server.link.unconsumed(sid) == 256 * KiB
-            assert client.link.send_buffered(sid) == total - 256 * KiB
-            # granting lets exactly that much more through
-            server.link.grant(sid, 128 * KiB)
-            await server.until(lambda: len(server.data[sid]) >= 384 * KiB)
+            assert got == window
+            assert server.link.unconsumed(sid) == window
+            assert client.link.send_buffered(sid) == total - window
+            # granting half a window (the update threshold) lets exactly that through
+            server.link.grant(sid, window // 2)
+            await server.until(lambda: len(server.data[sid]) >= window + window // 2)
             await asyncio.sleep(0.2)
-            assert len(server.data[sid]) == 384 * KiB
+            assert len(server.data[sid]) == window + window // 2
             client.link.close()
 
     run(main)

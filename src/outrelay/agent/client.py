@@ -166,7 +166,7 @@ class Agent:
         self._resumable: dict[int, RelayStreamTransport] = {}
         self._lost: dict[RelayStreamTransport, asyncio.TimerHandle] = {}
         self._ring_reported: dict[RelayStreamTransport, int] = {}
-        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._checkpoint_timer: asyncio.Handle | None = None
         #: Why there is no session (the last failed attempt or the loss), or None.
         self.last_error: str | None = None
 
@@ -503,8 +503,15 @@ class Agent:
             transport.peer_checkpoint(event.peer_ack_position)
             self._ring_update(transport)
 
-    def _want_checkpoint(self) -> None:
-        if self._checkpoint_timer is None and self._loop is not None:
+    def _want_checkpoint(self, due: bool = False) -> None:
+        """Bytes flowed: checkpoint within 100 ms, or at once when ``due`` (volume)."""
+        if self._loop is None:
+            return
+        if due:
+            if self._checkpoint_timer is not None:
+                self._checkpoint_timer.cancel()
+            self._checkpoint_timer = self._loop.call_soon(self._checkpoint_tick)
+        elif self._checkpoint_timer is None:
             self._checkpoint_timer = self._loop.call_later(
                 CHECKPOINT_PERIOD_MS / 1000, self._checkpoint_tick
             )

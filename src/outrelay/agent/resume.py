@@ -95,6 +95,7 @@ class ResumableState:
         "_flowed",
         "_advertised_recv",
         "_skip",
+        "_recv_checkpointed",
     )
 
     def __init__(
@@ -126,6 +127,7 @@ class ResumableState:
         self._flowed = False
         self._advertised_recv = 0
         self._skip = 0
+        self._recv_checkpointed = 0  # ``recv`` at the last checkpoint
 
     # -- ring view ----------------------------------------------------------
 
@@ -192,11 +194,23 @@ class ResumableState:
             self._base = self.sent
         return True
 
+    @property
+    def checkpoint_due(self) -> bool:
+        """True once a quarter of the peer's ring (taken as our ``ring_max``) was
+        received since the last checkpoint: checkpoint now, not at the next tick.
+
+        The peer pauses its writers at 3/4 of its ring unacknowledged; at
+        TCP speed that fills between two 100 ms ticks, so a fast stream is
+        acknowledged by volume as well as by time.
+        """
+        return self.recv - self._recv_checkpointed >= self._max // 4
+
     def checkpoint(self) -> tuple[int, int] | None:
         """``(sent, recv)`` if bytes flowed since the last call (and the stream is LIVE)."""
         if not self._flowed or self.phase is not ResumePhase.LIVE:
             return None
         self._flowed = False
+        self._recv_checkpointed = self.recv
         return self.sent, self.recv
 
     # -- resume -----------------------------------------------------------

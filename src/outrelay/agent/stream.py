@@ -95,8 +95,9 @@ class RelayStreamTransport(asyncio.Transport):
         self.state: ResumableState | None = None
         #: True once the stream carries application bytes (opened / accepted).
         self.established = False
-        #: Called when bytes flow (the owner arms its checkpoint timer).
-        self.on_flow: Callable[[], None] | None = None
+        #: Called when bytes flow (the owner arms its checkpoint timer); the
+        #: argument is True when a checkpoint is due at once (received volume).
+        self.on_flow: Callable[[bool], None] | None = None
         #: Called once when the relay leg is lost and the stream waits to resume.
         self.on_detached: Callable[[RelayStreamTransport], None] | None = None
         #: Called when a lost stream is live again (after the gap was re-sent).
@@ -240,7 +241,7 @@ class RelayStreamTransport(asyncio.Transport):
         else:
             state.on_write(chunk)
             if self.on_flow is not None:
-                self.on_flow()
+                self.on_flow(False)
         if self.live:
             assert self._session is not None
             self._flush_head()
@@ -291,7 +292,7 @@ class RelayStreamTransport(asyncio.Transport):
             if not data:
                 return
             if self.on_flow is not None:
-                self.on_flow()
+                self.on_flow(self.state.checkpoint_due)
         self._protocol.data_received(data)  # type: ignore[attr-defined]
 
     def feed_eof(self) -> None:
@@ -300,7 +301,7 @@ class RelayStreamTransport(asyncio.Transport):
             return
         self._eof_received = True
         if self.on_flow is not None:
-            self.on_flow()
+            self.on_flow(False)
         keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
         if self._eof_sent or not keep_open:
             if not keep_open and not self._eof_sent:

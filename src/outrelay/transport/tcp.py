@@ -202,7 +202,13 @@ class TcpLink:
         self._loop = asyncio.get_running_loop()
         self._transport = transport
         self.addr: Any = transport.get_extra_info("peername")
-        self.session = YamuxSession(client=is_client, max_streams=config.max_streams)
+        # The receive window QUIC gives a stream (``stream_window``, 1 MiB by
+        # default), announced on each stream's first frame; yamux starts at 256 KiB.
+        self.session = YamuxSession(
+            client=is_client,
+            window=max(config.stream_window, 256 * 1024),
+            max_streams=config.max_streams,
+        )
         self.verified = verified
         #: Called synchronously with every event (HandshakeVerified first).
         self.on_event: TcpEventHandler | None = None
